@@ -1,0 +1,150 @@
+"""quantize(x, spec): the one blockwise quantizer every format goes through.
+
+Scale rules are a table of small functions keyed by ScaleRule; each returns the per-block
+dequantization multiplier (fp32) and its storage form. Elements are x / scale rounded by the
+codec (RNE, saturating: the clamp happens before any cast). Division, not a multiply by a
+reciprocal: where a kernel multiplies by a reciprocal the two can differ on exact boundaries
+(docs/rounding.md).
+"""
+from __future__ import annotations
+
+import torch
+
+from moecheck.errors import require
+from moecheck.reference.codecs import E4M3, FloatCodec, e8m0_decode, e8m0_encode_exponent
+from moecheck.reference.layouts import pack_nibbles
+from moecheck.reference.qtensor import QTensor, block_dims, e4m3_storage, expand_blocks
+from moecheck.reference.spec import MXScaleMode, QuantSpec, ScaleRule
+
+_FLOAT_INPUTS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _blocked(x: torch.Tensor, br: int, bc: int, fill: float) -> torch.Tensor:
+    """[..., R, C] -> [..., R/br, C/bc, br*bc], ragged edges padded with `fill`."""
+    r, c = x.shape[-2:]
+    pr, pc = (-r) % br, (-c) % bc
+    if pr or pc:
+        x = torch.nn.functional.pad(x, (0, pc, 0, pr), value=fill)
+    lead = x.shape[:-2]
+    x = x.reshape(*lead, x.shape[-2] // br, br, x.shape[-1] // bc, bc)
+    return x.transpose(-3, -2).reshape(*lead, x.shape[-4], x.shape[-2], br * bc)
+
+
+def _amax_scale(amax, cd, _):
+    s = amax / cd.max
+    s = torch.where(amax > 0, s, torch.ones_like(s))
+    return s, s
+
+
+def _ue8m0_scale(amax, cd, _):
+    ratio = amax / cd.max
+    m, e = torch.frexp(ratio)  # ratio = m * 2**e, m in [0.5, 1): ceil(log2) = e, or e-1 if m == 0.5
+    exp = torch.where(m == 0.5, e - 1, e)
+    s = torch.where(amax > 0, torch.ldexp(torch.ones_like(ratio), exp), torch.ones_like(ratio))
+    return s, s
+
+
+def _mx_exponent(amax: torch.Tensor, cd: FloatCodec, mode: MXScaleMode) -> torch.Tensor:
+    if mode == MXScaleMode.RCEIL:
+        m, e = torch.frexp(amax / cd.max)
+        exp = torch.where(m == 0.5, e - 1, e)
+    else:
+        m, e = torch.frexp(amax)  # floor(log2(amax)) = e - 1
+        exp = e - 1 - cd.emax
+        if mode == MXScaleMode.EVEN:
+            # torchao's EVEN: bump the exponent when amax's mantissa rounds up at the element's width
+            frac = m * 2 - 1  # mantissa fraction in [0, 1)
+            exp = exp + (frac >= 1 - 2.0 ** (-cd.mbits)).to(exp.dtype)
+    return torch.where(amax > 0, exp, torch.full_like(exp, -127))
+
+
+def _mx_scale(amax, cd, mode):
+    require(isinstance(cd, FloatCodec), "MX scales need a float element codec")
+    codes = e8m0_encode_exponent(_mx_exponent(amax, cd, mode))
+    return e8m0_decode(codes), codes
+
+
+def _minmax_scale(x_blocks, cd):
+    lo = x_blocks.amin(-1).clamp(max=0)
+    hi = x_blocks.amax(-1).clamp(min=0)
+    s = (hi - lo) / cd.qmax
+    s = torch.where(hi > lo, s, torch.ones_like(s))
+    z = torch.round(-lo / s).clamp(0, cd.qmax)
+    return s, z
+
+
+_SCALE_RULES = {ScaleRule.AMAX: _amax_scale, ScaleRule.UE8M0: _ue8m0_scale, ScaleRule.MX: _mx_scale}
+
+
+def _check_input(x: torch.Tensor, spec: QuantSpec) -> tuple[int, int]:
+    require(isinstance(x, torch.Tensor), f"quantize needs a torch.Tensor, got {type(x).__name__}")
+    require(x.dtype in _FLOAT_INPUTS, f"quantize needs a float32/bfloat16/float16 tensor, got {x.dtype}")
+    require(x.dim() >= 2, f"quantize needs at least 2 dims [..., rows, cols], got shape {tuple(x.shape)}")
+    br, bc = block_dims(tuple(x.shape), spec)
+    r, c = x.shape[-2:]
+    if not spec.ragged:
+        require(r % br == 0, f"{spec.elem} with block {spec.block}: rows {r} not divisible by {br}")
+        require(c % bc == 0, f"{spec.elem} with block {spec.block}: K={c} not divisible by block {bc}")
+    if spec.packed:
+        require(c % 2 == 0, f"{spec.elem} packs two codes per byte: K={c} must be even")
+    return br, bc
+
+
+def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None) -> QTensor:
+    """Quantize `x` [..., R, C] by `spec`. `scale` (fp32, per block) is required iff spec.static."""
+    br, bc = _check_input(x, spec)
+    require(spec.static == (scale is not None), f"static={spec.static} but scale {'given' if scale is not None else 'missing'}")
+    cd = spec.codec
+    shape = tuple(x.shape)
+    xf = x.float()
+    blocks = _blocked(xf, br, bc, 0.0)
+    zeros = global_scale = None
+    if spec.static:
+        s = scale.float().to(x.device)
+        s = s.reshape(*s.shape, 1, 1) if s.dim() < blocks.dim() - 1 else s
+        s_store = s = s.expand(blocks.shape[:-1]).contiguous()
+    elif spec.rule == ScaleRule.MINMAX:
+        s, z = _minmax_scale(blocks, cd)
+        s_store, zeros = s, z.to(torch.uint8)
+    elif spec.rule == ScaleRule.NVFP4:
+        s, s_store, global_scale = _nvfp4_scales(xf, blocks, cd)
+    else:
+        s, s_store = _SCALE_RULES[spec.rule](blocks.abs().amax(-1), cd, spec.mx_mode)
+
+    s_el = expand_blocks(s, shape, br, bc)
+    if global_scale is not None:
+        s_el = s_el * global_scale[..., None, None]
+    safe = torch.where(s_el > 0, s_el, torch.ones_like(s_el))
+    v = xf / safe
+    if zeros is not None:
+        v = v + expand_blocks(zeros.float(), shape, br, bc)
+    q = cd.round(v)
+    q = torch.where(s_el > 0, q, torch.zeros_like(q))
+    return QTensor(_store_codes(q, spec), s_store, spec, shape, zeros, global_scale)
+
+
+def _nvfp4_scales(xf: torch.Tensor, blocks: torch.Tensor, cd: FloatCodec):
+    """Two-level NVFP4: global = amax_slice / (448 * 6); block = e4m3(amax_b / 6 / global)."""
+    lead = xf.shape[:-2]
+    amax_t = xf.abs().reshape(*lead, -1).amax(-1) if xf.numel() else torch.zeros(lead)
+    g = amax_t / (E4M3.max * cd.max)
+    g = torch.where(amax_t > 0, g, torch.ones_like(g))
+    sb = E4M3.round(blocks.abs().amax(-1) / cd.max / g[..., None, None])
+    return sb, e4m3_storage(sb), g
+
+
+def _store_codes(q: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    cd = spec.codec
+    if isinstance(cd, FloatCodec) and cd.torch_dtype is not None:
+        return q.to(cd.torch_dtype)
+    if spec.packed:
+        raw = cd.encode_codes(q) if isinstance(cd, FloatCodec) else q.to(torch.int16)
+        return pack_nibbles(raw)
+    return q.to(torch.int8 if cd.name == "int8" else torch.uint8)
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec | None, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """quantize then dequantize to fp32; identity (to fp32) when spec is None."""
+    if spec is None:
+        return x.float()
+    return quantize(x, spec, scale).dequantize()
