@@ -40,7 +40,11 @@ class FloatCodec:
         return int(torch.tensor(self.max).log2().floor().item())
 
     def round(self, x: torch.Tensor) -> torch.Tensor:
-        """RNE onto this codec's grid with saturation; fp32 in, fp32 out (NaN stays NaN)."""
+        """RNE onto this codec's grid with saturation; fp32 in, fp32 out.
+
+        Saturating ("satfinite") conversion: anything beyond max, +-inf included, becomes +-max;
+        NaN stays NaN; -0 stays -0. Non-fp32 input is rounded to fp32 first.
+        """
         x = x.float()
         mag = x.abs().clamp(max=self.max)
         # exponent of each value, floored at the subnormal range: the grid step there is fixed
@@ -79,10 +83,18 @@ class FloatCodec:
         return val
 
     def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
-        """fp32 -> integer bit patterns (uint8 tensor, low `bits` bits used), after RNE+saturation."""
+        """fp32 -> integer bit patterns (uint8 tensor, low `bits` bits used), after RNE+saturation.
+
+        NaN -> the all-ones magnitude (S.1111.111 / S.11111.11); E2M1 has no NaN, so NaN input is
+        an error (rather than silently becoming -0).
+        """
         r = self.round(x)
+        nan = torch.isnan(r)
+        require(self.name != "e2m1" or not bool(nan.any()),
+                "e2m1 has no NaN encoding: NaN input cannot be stored as e2m1")
         grid = self.grid()
-        idx = torch.searchsorted(grid, r.abs().contiguous())
+        top = 2 ** (self.bits - 1) - 1  # all-ones magnitude: NaN in e4m3 and e5m2
+        idx = torch.where(nan, top, torch.searchsorted(grid, r.abs().contiguous()).clamp(max=top))
         code = idx | (torch.signbit(r).to(torch.int64) << (self.bits - 1))
         return code.to(torch.uint8)
 

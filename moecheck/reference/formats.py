@@ -79,9 +79,9 @@ _FORMATS: list[Format] = [
 for _g in (32, 64, 128):
     _FORMATS += [
         Format(f"int4_w_g{_g}", _q("int4", (1, _g), ragged=False), None, k_multiple=_g,
-               doc=f"INT4 weight-only, symmetric, groups of {_g} (GPTQ sym style)"),
+               doc=f"INT4 weight-only, symmetric amax/7 scale in [-8, 7], groups of {_g} (GPTQ sym uses 2*amax/15: docs/rounding.md)"),
         Format(f"int4_zp_w_g{_g}", _q("uint4", (1, _g), rule=ScaleRule.MINMAX, ragged=False), None, k_multiple=_g,
-               doc=f"INT4 weight-only with zero points, groups of {_g} (AWQ style)"),
+               doc=f"INT4 weight-only with zero points, groups of {_g}; range includes 0 (GPTQ asymmetric; AWQ differs on one-signed groups)"),
         Format(f"int8_w_g{_g}", _q("int8", (1, _g), ragged=False), None, k_multiple=_g,
                doc=f"INT8 weight-only, symmetric, groups of {_g}"),
     ]

@@ -13,7 +13,7 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     stored by PyTorch's float4_e2m1fn_x2, triton_kernels and FlashInfer.
     """
     require(codes.shape[-1] % 2 == 0, f"4-bit packing needs an even last dim, got {codes.shape[-1]}")
-    c = codes.to(torch.uint8) & 0xF
+    c = (codes.to(torch.int16) & 0xF).to(torch.uint8)  # mask before narrowing: negative int4 codes wrap
     return c[..., 0::2] | (c[..., 1::2] << 4)
 
 
@@ -47,6 +47,7 @@ def swizzled_size(rows: int, cols: int) -> int:
 
 def swizzle_128x4(scales: torch.Tensor, pad_value: int | float = 0) -> torch.Tensor:
     """[..., rows, cols] linear scales -> [..., padded_rows * padded_cols] swizzled (flat)."""
+    require(scales.dim() >= 2, f"swizzle_128x4 needs [..., rows, cols] scales, got shape {tuple(scales.shape)}")
     rows, cols = scales.shape[-2:]
     lead = scales.shape[:-2]
     out = torch.full((*lead, swizzled_size(rows, cols)), pad_value, dtype=scales.dtype, device=scales.device)

@@ -87,11 +87,12 @@ class QTensor:
         br, bc = self.block
         s = expand_blocks(self.scale_values(), self.shape, br, bc)
         if isinstance(cd, FloatCodec):
+            # the spacing of the code's own binade: the gap to the next code up, and >= the gap
+            # down (half of it at a power of two), so any neighbour is at most one step away
             _, e = torch.frexp(q.abs())
             exp = (e - 1).clamp(min=cd.min_normal_exp)
+            exp = torch.where(q == 0, cd.min_normal_exp, exp)  # frexp(0) has exponent 0, not -inf
             grid = torch.ldexp(torch.ones_like(q), exp - cd.mbits)
-            # the step above a value on the top of a binade is that binade's step: take the larger
-            grid = torch.maximum(grid, torch.ldexp(torch.ones_like(q), (exp + 1).clamp(max=cd.emax) - cd.mbits))
         else:
             grid = torch.ones_like(q)
         out = grid * s

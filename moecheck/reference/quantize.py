@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from moecheck.errors import require
-from moecheck.reference.codecs import E4M3, FloatCodec, e8m0_decode, e8m0_encode_exponent
+from moecheck.errors import MoecheckError, require
+from moecheck.reference.codecs import E4M3, E8M0_NAN, FloatCodec, e8m0_decode, e8m0_encode_exponent
 from moecheck.reference.layouts import pack_nibbles
 from moecheck.reference.qtensor import QTensor, block_dims, e4m3_storage, expand_blocks
 from moecheck.reference.spec import MXScaleMode, QuantSpec, ScaleRule
@@ -30,9 +30,15 @@ def _blocked(x: torch.Tensor, br: int, bc: int, fill: float) -> torch.Tensor:
     return x.transpose(-3, -2).reshape(*lead, x.shape[-4], x.shape[-2], br * bc)
 
 
+def _poison(s: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """Zero block -> scale 1 (codes 0); non-finite amax -> NaN scale, so the block dequantizes to NaN
+    instead of being silently quantized against a made-up scale (torchao does the same for MX)."""
+    s = torch.where(amax == 0, torch.ones_like(s), s)
+    return torch.where(torch.isfinite(amax), s, torch.full_like(s, float("nan")))
+
+
 def _amax_scale(amax, cd, _):
-    s = amax / cd.max
-    s = torch.where(amax > 0, s, torch.ones_like(s))
+    s = _poison(amax / cd.max, amax)
     return s, s
 
 
@@ -40,7 +46,7 @@ def _ue8m0_scale(amax, cd, _):
     ratio = amax / cd.max
     m, e = torch.frexp(ratio)  # ratio = m * 2**e, m in [0.5, 1): ceil(log2) = e, or e-1 if m == 0.5
     exp = torch.where(m == 0.5, e - 1, e)
-    s = torch.where(amax > 0, torch.ldexp(torch.ones_like(ratio), exp), torch.ones_like(ratio))
+    s = _poison(torch.ldexp(torch.ones_like(ratio), exp), amax)
     return s, s
 
 
@@ -52,25 +58,26 @@ def _mx_exponent(amax: torch.Tensor, cd: FloatCodec, mode: MXScaleMode) -> torch
         m, e = torch.frexp(amax)  # floor(log2(amax)) = e - 1
         exp = e - 1 - cd.emax
         if mode == MXScaleMode.EVEN:
-            # torchao's EVEN: bump the exponent when amax's mantissa rounds up at the element's width
+            # torchao's EVEN: round amax's mantissa half-up to the element's mbits (adds
+            # 1 << (23 - mbits - 1) to the fp32 bits); it carries into the exponent iff
+            # frac >= 1 - 2**-(mbits + 1): e2m1 bumps at 1.75 (not 1.5), e4m3 at 1.9375
             frac = m * 2 - 1  # mantissa fraction in [0, 1)
-            exp = exp + (frac >= 1 - 2.0 ** (-cd.mbits)).to(exp.dtype)
+            exp = exp + (frac >= 1 - 2.0 ** (-cd.mbits - 1)).to(exp.dtype)
     return torch.where(amax > 0, exp, torch.full_like(exp, -127))
 
 
 def _mx_scale(amax, cd, mode):
-    require(isinstance(cd, FloatCodec), "MX scales need a float element codec")
     codes = e8m0_encode_exponent(_mx_exponent(amax, cd, mode))
+    codes = torch.where(torch.isfinite(amax), codes, torch.full_like(codes, E8M0_NAN))  # OCP: 0xFF = NaN
     return e8m0_decode(codes), codes
 
 
 def _minmax_scale(x_blocks, cd):
     lo = x_blocks.amin(-1).clamp(max=0)
     hi = x_blocks.amax(-1).clamp(min=0)
-    s = (hi - lo) / cd.qmax
-    s = torch.where(hi > lo, s, torch.ones_like(s))
+    s = _poison((hi - lo) / cd.qmax, hi - lo)
     z = torch.round(-lo / s).clamp(0, cd.qmax)
-    return s, z
+    return s, torch.where(torch.isnan(z), torch.zeros_like(z), z)
 
 
 _SCALE_RULES = {ScaleRule.AMAX: _amax_scale, ScaleRule.UE8M0: _ue8m0_scale, ScaleRule.MX: _mx_scale}
@@ -78,31 +85,52 @@ _SCALE_RULES = {ScaleRule.AMAX: _amax_scale, ScaleRule.UE8M0: _ue8m0_scale, Scal
 
 def _check_input(x: torch.Tensor, spec: QuantSpec) -> tuple[int, int]:
     require(isinstance(x, torch.Tensor), f"quantize needs a torch.Tensor, got {type(x).__name__}")
-    require(x.dtype in _FLOAT_INPUTS, f"quantize needs a float32/bfloat16/float16 tensor, got {x.dtype}")
+    require(x.dtype in _FLOAT_INPUTS, f"quantize needs a float tensor (float32/bfloat16/float16/float64), got {x.dtype}")
     require(x.dim() >= 2, f"quantize needs at least 2 dims [..., rows, cols], got shape {tuple(x.shape)}")
     br, bc = block_dims(tuple(x.shape), spec)
     r, c = x.shape[-2:]
     if not spec.ragged:
-        require(r % br == 0, f"{spec.elem} with block {spec.block}: rows {r} not divisible by {br}")
-        require(c % bc == 0, f"{spec.elem} with block {spec.block}: K={c} not divisible by block {bc}")
+        require(r % br == 0, f"{spec.elem} with block {spec.block}: rows={r} must be divisible by {br}")
+        require(c % bc == 0, f"{spec.elem} with block {spec.block}: K={c} must be divisible by {bc}")
     if spec.packed:
         require(c % 2 == 0, f"{spec.elem} packs two codes per byte: K={c} must be even")
     return br, bc
 
 
+def _static_scale(scale: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Given scale -> per-block [..., R/br, C/bc]. A scalar or a tensor of the leading dims' shape
+    is one scale per slice; anything else broadcasts right-aligned against the block grid."""
+    require(isinstance(scale, torch.Tensor), f"static scale must be a torch.Tensor, got {type(scale).__name__}")
+    s = scale.float().to(x.device)
+    lead = tuple(x.shape[:-2])
+    if s.dim() <= len(lead) and tuple(s.shape) == lead[len(lead) - s.dim():]:
+        s = s.reshape(*s.shape, 1, 1)
+    try:
+        s = s.expand(grid).contiguous()
+    except RuntimeError:
+        msg = f"static scale of shape {tuple(scale.shape)} does not broadcast to the block grid {grid}"
+        raise MoecheckError(msg) from None
+    require(bool(torch.isfinite(s).all() and (s > 0).all()), "static scale must be finite and > 0")
+    return s
+
+
 def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None) -> QTensor:
-    """Quantize `x` [..., R, C] by `spec`. `scale` (fp32, per block) is required iff spec.static."""
+    """Quantize `x` [..., R, C] by `spec`. `scale` (fp32, per block) is required iff spec.static.
+
+    Non-finite input: with a static scale, +-inf saturates to +-max like any overflow and NaN stays
+    NaN where the codec has one. With a data-derived scale, a block (NVFP4: a slice) holding NaN or
+    inf gets a NaN scale (MX: E8M0 0xFF) and zero codes, so it dequantizes to NaN.
+    """
     br, bc = _check_input(x, spec)
-    require(spec.static == (scale is not None), f"static={spec.static} but scale {'given' if scale is not None else 'missing'}")
+    require(not spec.static or scale is not None, "a static spec needs its calibrated scale: quantize(x, spec, scale)")
+    require(spec.static or scale is None, "a scale was given but the spec is dynamic (static=False)")
     cd = spec.codec
     shape = tuple(x.shape)
     xf = x.float()
     blocks = _blocked(xf, br, bc, 0.0)
     zeros = global_scale = None
     if spec.static:
-        s = scale.float().to(x.device)
-        s = s.reshape(*s.shape, 1, 1) if s.dim() < blocks.dim() - 1 else s
-        s_store = s = s.expand(blocks.shape[:-1]).contiguous()
+        s_store = s = _static_scale(scale, x, tuple(blocks.shape[:-1]))
     elif spec.rule == ScaleRule.MINMAX:
         s, z = _minmax_scale(blocks, cd)
         s_store, zeros = s, z.to(torch.uint8)
@@ -116,8 +144,8 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None
         s_el = s_el * global_scale[..., None, None]
     safe = torch.where(s_el > 0, s_el, torch.ones_like(s_el))
     v = xf / safe
-    if zeros is not None:
-        v = v + expand_blocks(zeros.float(), shape, br, bc)
+    if zeros is not None:  # round, then add the zero point (GPTQ): ties and fp32 sums don't depend on z
+        v = torch.round(v) + expand_blocks(zeros.float(), shape, br, bc)
     q = cd.round(v)
     q = torch.where(s_el > 0, q, torch.zeros_like(q))
     return QTensor(_store_codes(q, spec), s_store, spec, shape, zeros, global_scale)
@@ -127,8 +155,7 @@ def _nvfp4_scales(xf: torch.Tensor, blocks: torch.Tensor, cd: FloatCodec):
     """Two-level NVFP4: global = amax_slice / (448 * 6); block = e4m3(amax_b / 6 / global)."""
     lead = xf.shape[:-2]
     amax_t = xf.abs().reshape(*lead, -1).amax(-1) if xf.numel() else torch.zeros(lead)
-    g = amax_t / (E4M3.max * cd.max)
-    g = torch.where(amax_t > 0, g, torch.ones_like(g))
+    g = _poison(amax_t / (E4M3.max * cd.max), amax_t)  # a non-finite value makes its whole slice NaN
     sb = E4M3.round(blocks.abs().amax(-1) / cd.max / g[..., None, None])
     return sb, e4m3_storage(sb), g
 

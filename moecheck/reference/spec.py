@@ -29,6 +29,12 @@ class MXScaleMode(str, enum.Enum):
     EVEN = "even"  # FLOOR after rounding amax's mantissa to the element's mantissa width
 
 
+def _enum(kind, value):
+    known = [m.value for m in kind]
+    require(value in known or value in list(kind), f"unknown {kind.__name__} {value!r}; known: {known}")
+    return kind(value)
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     elem: str  # element codec name: e4m3, e5m2, e2m1, int8, int4, uint4
@@ -39,11 +45,25 @@ class QuantSpec:
     static: bool = False  # scale is given (calibrated), not computed from the data
 
     def __post_init__(self):
-        codec(self.elem)  # validates the name
+        cd = codec(self.elem)  # validates the name
+        require(isinstance(self.block, (tuple, list)) and len(self.block) == 2,
+                f"block must be a (rows, cols) pair, got {self.block!r}")
+        object.__setattr__(self, "block", tuple(self.block))
         for b in self.block:
-            require(b is None or b >= 1, f"block sizes must be >= 1 or None, got {self.block}")
+            ok = b is None or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)
+            require(ok, f"block sizes must be integers >= 1 or None, got {self.block}")
+        object.__setattr__(self, "rule", _enum(ScaleRule, self.rule))  # accept "mx" as well as ScaleRule.MX
+        object.__setattr__(self, "mx_mode", _enum(MXScaleMode, self.mx_mode))
+        floaty = hasattr(cd, "ebits")
         if self.rule == ScaleRule.MINMAX:
             require(self.elem.startswith("uint"), f"zero-point quantization needs an unsigned codec, got {self.elem}")
+        elif self.rule in (ScaleRule.MX, ScaleRule.NVFP4):
+            require(floaty, f"rule {self.rule.value} needs a float element codec, got {self.elem}")
+        else:  # symmetric amax -> max: negative values need a signed codec
+            require(floaty or cd.signed, f"rule {self.rule.value} needs a signed or float codec, got {self.elem}")
+        # a given scale is a plain fp32 multiplier: E8M0/E4M3-coded scales and zero points are computed
+        require(not self.static or self.rule in (ScaleRule.AMAX, ScaleRule.UE8M0),
+                f"static scales need rule amax or ue8m0, got {self.rule.value}")
 
     @property
     def codec(self):

@@ -1,0 +1,172 @@
+"""`moecheck` command line: backends, run, repro, audit (+ dashboard/history/bisect-run).
+
+Bad input gives one line on stderr and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from moecheck.errors import MoecheckError
+
+
+def _backends(args) -> int:
+    from moecheck.backends import registry
+
+    bs = registry.load_all(tuple(args.plugin))
+    print(f"{'backend':26s} {'status':12s} {'where / why':44s} formats")
+    for name, b in sorted(bs.items()):
+        av = b.availability()
+        verified = "" if b.capability.verified else "  [not verified on hardware]"
+        fm = ",".join(sorted(b.capability.formats)) or "-"
+        fm = fm if len(fm) < 70 else fm[:67] + "..."
+        print(f"{name:26s} {'available' if av.ok else 'unavailable':12s} {av.reason[:44]:44s} {fm}{verified}")
+        if args.verbose:
+            for lim in b.capability.limitations:
+                print(f"    limitation: {lim.text} {lim.link}")
+    return 0
+
+
+def _select_expr(args) -> str:
+    parts = []
+    for opt, vals in (("backend", args.backend), ("format", args.format), ("property", args.property)):
+        if vals:
+            parts.append("(" + " or ".join(vals) + ")")
+    return " and ".join(parts)
+
+
+def _run(args) -> int:
+    report = Path(args.report)
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "results.jsonl").unlink(missing_ok=True)
+    env = dict(os.environ, MOECHECK_REPORT_DIR=str(report))
+    if args.profile:
+        env["MOECHECK_PROFILE"] = args.profile
+    if args.plugin:
+        env["MOECHECK_PLUGINS"] = ",".join([*filter(None, env.get("MOECHECK_PLUGINS", "").split(",")), *args.plugin])
+    pkg = Path(__file__).resolve().parent
+    cmd = [sys.executable, "-m", "pytest", "-p", "moecheck.pytest_plugin", "-p", "no:cacheprovider",
+           "--confcutdir", str(pkg), "--rootdir", str(pkg), "-q", str(pkg / "properties" / "test_properties.py")]
+    if args.workers != "0":
+        cmd += ["-n", args.workers]
+    expr = _select_expr(args)
+    if expr:
+        cmd += ["-k", expr]
+    t0 = time.time()
+    print("running:", " ".join(cmd[2:]), flush=True)
+    rc = subprocess.call(cmd, env=env)
+    wall = time.time() - t0
+    rows = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()] if (report / "results.jsonl").exists() else []
+    if not rows:
+        print("moecheck run: no property test was executed (nothing selected or collection failed)", file=sys.stderr)
+        return 1
+    _table(rows, report, wall)
+    if args.store:
+        _store(args, rows, wall)
+    return 0 if rc == 0 else 1
+
+
+def _table(rows: list[dict], report: Path, wall: float) -> None:
+    cells = defaultdict(lambda: defaultdict(int))
+    reasons = {}
+    for r in rows:
+        key = (r["backend"], r["format"])
+        cells[key][r["outcome"]] += 1
+        if r["outcome"] == "skipped" and key not in reasons:
+            reasons[key] = r.get("message", "")
+    lines = [f"{'backend':26s} {'format':22s} pass fail skip  note"]
+    for (b, f), c in sorted(cells.items()):
+        note = ""
+        if c["failed"]:
+            bad = [r["property"] for r in rows if (r["backend"], r["format"]) == (b, f) and r["outcome"] == "failed"]
+            note = "FAILED: " + ", ".join(bad)
+        elif c["skipped"] and not c["passed"]:
+            note = reasons.get((b, f), "")[:60]
+        lines.append(f"{b:26s} {f:22s} {c['passed']:4d} {c['failed']:4d} {c['skipped']:4d}  {note}")
+    text = "\n".join(lines)
+    (report / "summary.txt").write_text(text + f"\nwall time {wall:.0f} s\n")
+    print("\n" + text)
+    print(f"\nwall time {wall:.0f} s; full report: {report / 'results.jsonl'} (summary: {report / 'summary.txt'})")
+
+
+def _store(args, rows, wall) -> None:
+    try:
+        from moecheck.results.bridge import store_run_rows
+    except ImportError as e:
+        print(f"moecheck run: results store unavailable ({e})", file=sys.stderr)
+        return
+    print("stored as run", store_run_rows(args.store, rows, " ".join(sys.argv)))
+
+
+def _repro(args) -> int:
+    from moecheck.properties.repro import main
+
+    return main(args.file, args.case)
+
+
+def _audit(args) -> int:
+    from moecheck.backends import registry
+    from moecheck.backends.audit import audit_backend
+
+    bs = registry.load_all(tuple(args.plugin))
+    names = args.backend or sorted(bs)
+    print(f"{'backend':24s} {'probe':26s} {'outcome':15s} detail")
+    worst = 0
+    for n in names:
+        for r in audit_backend(registry.get(n)):
+            print(f"{r.backend:24s} {r.probe:26s} {r.outcome:15s} {r.detail[:100]}")
+            worst = max(worst, int(r.outcome in ("silently wrong", "non-finite")))
+    return worst
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="moecheck", description="correctness suite for MoE GPU kernels")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("backends", help="list backends, available or not, with the reason")
+    p.add_argument("--plugin", action="append", default=[], help="module defining extra backends")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(fn=_backends)
+    p = sub.add_parser("run", help="property suite over every available backend, then a backend x format table")
+    p.add_argument("--backend", action="append", default=[])
+    p.add_argument("--format", action="append", default=[])
+    p.add_argument("--property", action="append", default=[])
+    p.add_argument("--profile", choices=["dev", "ci", "gpu", "nightly"], default=None)
+    p.add_argument("-n", "--workers", default="auto", help="pytest-xdist workers (0: in one process)")
+    p.add_argument("--report", default="moecheck-report")
+    p.add_argument("--store", default=None, help="append the results to this SQLite store")
+    p.add_argument("--plugin", action="append", default=[])
+    p.set_defaults(fn=_run)
+    p = sub.add_parser("repro", help="replay one case: exit 0 pass, 1 fail, 125 cannot run here")
+    p.add_argument("file", nargs="?", default=None)
+    p.add_argument("--case", default=None, help="the case as JSON")
+    p.set_defaults(fn=_repro)
+    p = sub.add_parser("audit", help="try what each record says is unsupported")
+    p.add_argument("--backend", action="append", default=[])
+    p.add_argument("--plugin", action="append", default=[])
+    p.set_defaults(fn=_audit)
+    try:
+        from moecheck.results import cli as results_cli
+
+        results_cli.register(sub)
+    except ImportError:
+        pass
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MoecheckError as e:
+        print(f"moecheck {args.cmd}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""ErrorBudget: the per-stage factors of the error model, as one record.
+
+The reference MoE propagates a variance alongside its values (propagate.py): every place where a
+correct kernel may legitimately differ contributes a term, and the bound on |backend - reference|
+is z * sqrt(variance) + floor. Terms (each derived from the arithmetic, not fitted):
+  - GEMM accumulation in another order/precision: unit `acc_unit` over K products of |A|.|W|.
+  - re-quantization of an activation (layer input, intermediate): a code can move to its
+    neighbour only where the upstream difference reaches a rounding boundary, and a discrete block
+    scale (E8M0/E4M3/UE8M0) can flip only where the block amax is that close to one. Both are
+    measured by re-quantizing perturbed inputs (propagate.requant_var), not assumed everywhere.
+  - each rounding point to a narrow dtype (bf16/fp16): half an ulp either side, both sides.
+  - the activation function evaluated with a fast exp/tanh: `act_fn_rel` relative.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class ErrorBudget:
+    z: float = 6.0  # sigma multiplier: max of ~1e6 near-Gaussian terms stays under ~5.5 sigma
+    acc_unit: float = 2.0**-23  # fp32 accumulator unit (one ulp of slack for FMA vs add order)
+    input_rel: float = 2.0**-22  # relative difference in how a backend's own quantizer sees its input
+    inter_quant_steps: float = 1.0  # multiplier on the measured re-quantization flips
+    act_fn_rel: float = 2.0**-20  # relative error of the backend's activation function
+    lora_rel: float = 0.0  # extra relative slack on the LoRA delta (bf16 shrink output)
+
+    def merge(self, other: "ErrorBudget") -> "ErrorBudget":
+        """Element-wise max: the tolerance-table merge rule (a looser entry never tightens)."""
+        return ErrorBudget(**{f.name: max(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
+
+
+def unit_roundoff(dtype) -> float:
+    """Half an ulp relative (u) of a floating dtype: bf16 2^-8, fp16 2^-11, fp32 2^-24."""
+    import torch
+
+    return {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24, torch.float64: 2.0**-53}[dtype]

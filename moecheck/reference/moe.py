@@ -1,0 +1,259 @@
+"""The reference MoE layer: fused_moe / fused_experts, named after vLLM's entry points.
+
+Vectorized over tokens: routed rows are sorted by expert and each expert runs one fp32 GEMM
+(tensor-core bf16 GEMMs with fp32 output on CUDA when the dequantized operands are exactly bf16,
+which changes nothing but speed). Every rounding point a kernel may have is explicit (Rounding).
+With an ErrorBudget the same pass propagates a variance and returns the per-element bound that
+backends are judged by (moecheck/errmodel).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from moecheck.errmodel.budget import ErrorBudget
+from moecheck.errmodel.propagate import gemm_var, requant_var, round_var
+from moecheck.errors import require
+from moecheck.reference import activations as act_mod
+from moecheck.reference.activations import ActivationSpec
+from moecheck.reference.formats import Format
+from moecheck.reference.lora import MoELoRA, lora_w13_delta, lora_w2_delta
+from moecheck.reference.qtensor import QTensor
+from moecheck.reference.quantize import quantize
+from moecheck.reference.routing import RouterSpec, route
+from moecheck.reference.spec import ScaleRule
+
+
+ACT = "act"  # a Rounding field set to ACT rounds to the layer's activation dtype (bf16 or fp16)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """Where a kernel rounds to a narrow dtype; None keeps fp32, ACT the activation dtype."""
+
+    gemm1_out: torch.dtype | None = None  # GEMM1 result stored before the activation
+    act_out: torch.dtype | None = None  # activation output stored before GEMM2 / re-quantization
+    gemm2_out: torch.dtype | None = None  # per-expert GEMM2 output stored before the top-k sum
+    topk_weights: torch.dtype | None = None  # router weights cast before use
+    topk_sum: torch.dtype = torch.float32  # accumulator of the k expert outputs, in slot order
+    lora_mid: torch.dtype | None = None  # LoRA shrink output stored before the expand GEMM
+
+
+ACT_EVERYWHERE = Rounding(ACT, ACT, ACT, None, torch.float32, ACT)  # a typical 16-bit kernel
+
+
+def resolve(r: Rounding, act_dtype: torch.dtype) -> Rounding:
+    """Replace ACT by the concrete activation dtype."""
+    from dataclasses import fields, replace
+
+    return replace(r, **{f.name: act_dtype for f in fields(r) if getattr(r, f.name) == ACT})
+
+
+@dataclass
+class MoEResult:
+    out: torch.Tensor  # [T, H] in the input dtype
+    bound: torch.Tensor | None  # [T, H] fp32 allowed |backend - out|, when a budget was given
+
+
+def _deq(w) -> torch.Tensor:
+    return w.dequantize() if isinstance(w, QTensor) else w.float()
+
+
+def _bf16_exact(t: torch.Tensor) -> bool:
+    return t.is_cuda and bool(torch.equal(t.to(torch.bfloat16).float(), t))
+
+
+@contextlib.contextmanager
+def _ieee_fp32():
+    """fp32 GEMMs must be IEEE fp32, not TF32, whatever the caller's global setting."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _grouped(a: torch.Tensor, w: torch.Tensor, counts: list[int], fast: bool) -> torch.Tensor:
+    """Rows of `a` sorted by expert (counts per expert) times w[e].T, fp32 out."""
+    out = a.new_empty(a.shape[0], w.shape[1], dtype=torch.float32)
+    s = 0
+    for e, c in enumerate(counts):
+        if c:
+            if fast:
+                out[s:s + c] = torch.mm(a[s:s + c].to(torch.bfloat16), w[e].to(torch.bfloat16).T, out_dtype=torch.float32)
+            else:
+                out[s:s + c] = a[s:s + c] @ w[e].T
+            s += c
+    return out
+
+
+def _rnd(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return x if dtype is None else x.to(dtype).float()
+
+
+def _check(x, w13, w2, topk_weights, topk_ids, fmt: Format, act: ActivationSpec, expert_map, apply_on_input):
+    require(x.dim() == 2, f"hidden_states must be [T, H], got shape {tuple(x.shape)}")
+    require(x.dtype in (torch.bfloat16, torch.float16, torch.float32), f"hidden_states must be bf16/fp16/fp32, got {x.dtype}")
+    s13, s2 = tuple(w13.shape), tuple(w2.shape)
+    require(len(s13) == 3 and len(s2) == 3, f"w13 must be [E, 2I, H] and w2 [E, H, I], got {s13} and {s2}")
+    H = x.shape[1]
+    n_int = s13[1] // 2 if act.gated else s13[1]
+    require(s13[2] == H, f"w13 hidden size {s13[2]} != hidden_states hidden size {H}")
+    require(not act.gated or s13[1] % 2 == 0, f"gated activation needs an even w13 row count, got {s13[1]}")
+    require(s2 == (s13[0], H, n_int), f"w2 must be [E={s13[0]}, H={H}, I={n_int}], got {s2}")
+    require(topk_ids.shape == topk_weights.shape and topk_ids.dim() == 2 and topk_ids.shape[0] == x.shape[0],
+            f"topk_ids/topk_weights must both be [T={x.shape[0]}, k], got {tuple(topk_ids.shape)} and {tuple(topk_weights.shape)}")
+    require(not topk_ids.is_floating_point(), f"topk_ids must be an integer tensor, got {topk_ids.dtype}")
+    n_global = expert_map.shape[0] if expert_map is not None else s13[0]
+    if topk_ids.numel():
+        require(int(topk_ids.min()) >= 0 and int(topk_ids.max()) < n_global, f"topk_ids must lie in [0, {n_global}), got [{int(topk_ids.min())}, {int(topk_ids.max())}]")
+    if expert_map is not None:
+        require(int(expert_map.max()) < s13[0], f"expert_map points past the {s13[0]} local experts")
+    require(not apply_on_input or topk_ids.shape[1] == 1, "apply_router_weight_on_input needs top_k == 1 (as Llama4)")
+    fmt.check_sizes(H, n_int)
+
+
+def fused_experts(hidden_states: torch.Tensor, w13, w2, topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
+                  fmt: Format, activation: ActivationSpec, rounding: Rounding = Rounding(),
+                  expert_map: torch.Tensor | None = None, w13_bias: torch.Tensor | None = None,
+                  w2_bias: torch.Tensor | None = None, a1_scale: torch.Tensor | None = None,
+                  a2_scale: torch.Tensor | None = None, apply_router_weight_on_input: bool = False,
+                  lora: MoELoRA | None = None, token_lora: torch.Tensor | None = None,
+                  budget: ErrorBudget | None = None) -> MoEResult:
+    """Experts on precomputed routing. w13 [E, 2I, H] and w2 [E, H, I]: QTensor or plain tensors.
+
+    topk_ids are global expert ids; with expert_map (global -> local id, -1 = not local) only
+    local experts contribute. a1/a2_scale are static activation scales (static formats only).
+    """
+    x = hidden_states
+    _check(x, w13, w2, topk_weights, topk_ids, fmt, activation, expert_map, apply_router_weight_on_input)
+    T, H = x.shape
+    k = topk_ids.shape[1]
+    out_dtype = x.dtype
+    if T == 0:
+        z = x.new_zeros(0, H)
+        return MoEResult(z, None if budget is None else z.float())
+    with _ieee_fp32():
+        return _forward(x, _deq(w13), _deq(w2), topk_weights, topk_ids, fmt, activation, resolve(rounding, out_dtype), expert_map,
+                        w13_bias, w2_bias, a1_scale, a2_scale, apply_router_weight_on_input, lora, token_lora,
+                        budget, T, H, k, out_dtype)
+
+
+def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13, b2, a1_scale, a2_scale,
+             on_input, lora, token_lora, budget, T, H, k, out_dtype):
+    dev = x.device
+    E = W13.shape[0]
+    track = budget is not None
+    tw = _rnd(topk_weights.float(), rnd.topk_weights)
+    ids = topk_ids.long()
+    local = expert_map.to(dev).long()[ids] if expert_map is not None else ids
+
+    xin = (x.float() * tw[:, :1]).to(x.dtype) if on_input else x
+    aq = quantize(xin, fmt.act, a1_scale) if fmt.act is not None else None
+    a = aq.dequantize() if aq is not None else xin.float()
+    var_a = None
+    if track and aq is not None:
+        # x / scale is exact for power-of-two scales in any implementation; otherwise a kernel may
+        # multiply by a reciprocal and break a tie the other way
+        rel = 0.0 if fmt.act.rule in (ScaleRule.MX, ScaleRule.UE8M0) else budget.input_rel
+        var_a = requant_var(xin, rel * xin.float().abs(), fmt.act, a1_scale, budget, 1.0)
+
+    # dispatch: one row per (token, slot) routed to a local expert, sorted by expert
+    flat = local.flatten()
+    slot = torch.arange(T * k, device=dev)
+    valid = flat >= 0
+    order = torch.argsort(flat[valid], stable=True)
+    e_rows, slot_rows = flat[valid][order], slot[valid][order]
+    tok_rows = slot_rows // k
+    counts = torch.bincount(e_rows, minlength=E).tolist()
+
+    A = a[tok_rows]
+    h = _grouped(A, W13, counts, _bf16_exact(A) and _bf16_exact(W13))
+    if b13 is not None:
+        h = h + b13.float().to(dev)[e_rows]
+    var_h = None
+    if track:
+        vA = var_a[tok_rows] if isinstance(var_a, torch.Tensor) else None
+        var_h = _grouped_var(A, vA, W13 * W13, counts, budget)
+    adapters = token_lora.to(dev).long()[tok_rows] if (lora is not None and token_lora is not None) else None
+    if adapters is not None:
+        g, u = lora_w13_delta(lora, xin.float()[tok_rows], e_rows, adapters, rnd.lora_mid)
+        d13 = act_mod.join_gate_up(g, u, act) if act.gated else g
+        h = h + d13
+        if track:
+            var_h = var_h + round_var(d13, rnd.lora_mid) + (budget.lora_rel * d13) ** 2 / 3.0
+    if track:
+        var_h = var_h + round_var(h, rnd.gemm1_out)
+    h = _rnd(h, rnd.gemm1_out)
+
+    y = act_mod.apply(h, act)
+    var_y = None
+    if track:
+        dg, du = act_mod.partials(h, act)
+        if act.gated:
+            vg, vu = act_mod.split_gate_up(var_h, act)
+            var_y = dg * dg * vg + du * du * vu
+        else:
+            var_y = dg * dg * var_h
+        var_y = var_y + (budget.act_fn_rel * y) ** 2 / 3.0 + round_var(y, rnd.act_out)
+    y = _rnd(y, rnd.act_out)
+    y_lora_in = y
+    if fmt.act is not None and y.shape[0]:
+        if track:
+            var_y = var_y + requant_var(y, var_y.sqrt(), fmt.act, a2_scale, budget, budget.inter_quant_steps)
+        y = quantize(y, fmt.act, a2_scale).dequantize()
+
+    o = _grouped(y, W2, counts, _bf16_exact(y) and _bf16_exact(W2))
+    if b2 is not None:
+        o = o + b2.float().to(dev)[e_rows]
+    var_o = _grouped_var(y, var_y, W2 * W2, counts, budget) if track else None
+    if adapters is not None:
+        d2 = lora_w2_delta(lora, y_lora_in.to(out_dtype), e_rows, adapters, rnd.lora_mid)
+        o = o + d2
+        if track:
+            var_o = var_o + round_var(d2, rnd.lora_mid) + (budget.lora_rel * d2) ** 2 / 3.0
+    if track:
+        var_o = var_o + round_var(o, rnd.gemm2_out)
+    o = _rnd(o, rnd.gemm2_out)
+
+    # combine: k slots per token, summed in slot order in the declared accumulator dtype
+    w_rows = torch.ones_like(tw.flatten()[slot_rows]) if on_input else tw.flatten()[slot_rows]
+    buf = torch.zeros(T * k, H, device=dev, dtype=torch.float32)
+    buf[slot_rows] = o * w_rows[:, None]
+    buf = buf.view(T, k, H)
+    acc = torch.zeros(T, H, device=dev, dtype=rnd.topk_sum)
+    for j in range(k):
+        acc = (acc.float() + buf[:, j]).to(rnd.topk_sum)
+    out = acc.to(out_dtype)
+    if not track:
+        return MoEResult(out, None)
+
+    vbuf = torch.zeros(T * k, H, device=dev, dtype=torch.float32)
+    vbuf[slot_rows] = var_o * (w_rows * w_rows)[:, None] + round_var(o * w_rows[:, None], rnd.topk_weights)
+    var = vbuf.view(T, k, H).sum(1)
+    accf = acc.float()
+    var = var + k * round_var(accf, rnd.topk_sum) + 2 * round_var(accf, out_dtype)
+    bound = budget.z * var.sqrt() + torch.finfo(torch.float32).tiny
+    return MoEResult(out, bound)
+
+
+def _grouped_var(a, var_a, w_sq, counts, budget):
+    out = a.new_empty(a.shape[0], w_sq.shape[1], dtype=torch.float32)
+    s = 0
+    for e, c in enumerate(counts):
+        if c:
+            va = var_a[s:s + c] if var_a is not None else None
+            out[s:s + c] = gemm_var(a[s:s + c], va, w_sq[e], w_sq.shape[2], budget)
+            s += c
+    return out
+
+
+def fused_moe(hidden_states: torch.Tensor, router_logits: torch.Tensor, w13, w2, *, router: RouterSpec,
+              correction_bias: torch.Tensor | None = None, **kw) -> MoEResult:
+    """Route with `router`, then fused_experts. Llama4-style routers apply weights on the input."""
+    weights, ids = route(router_logits, router, correction_bias)
+    kw.setdefault("apply_router_weight_on_input", router.apply_weights_to_input)
+    return fused_experts(hidden_states, w13, w2, weights, ids, **kw)
