@@ -125,6 +125,15 @@ def _audit(args) -> int:
     return worst
 
 
+def _report(args) -> int:
+    path = Path(args.dir) / "results.jsonl"
+    if not path.is_file():
+        raise MoecheckError(f"no results at {path}")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    _table(rows, Path(args.dir), 0.0)
+    return 1 if any(r["outcome"] == "failed" for r in rows) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="moecheck", description="correctness suite for MoE GPU kernels")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -146,6 +155,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default=None)
     p.add_argument("--case", default=None, help="the case as JSON")
     p.set_defaults(fn=_repro)
+    p = sub.add_parser("report", help="print the backend x format table of a (possibly interrupted) run")
+    p.add_argument("dir")
+    p.set_defaults(fn=_report)
     p = sub.add_parser("audit", help="try what each record says is unsupported")
     p.add_argument("--backend", action="append", default=[])
     p.add_argument("--plugin", action="append", default=[])

@@ -24,6 +24,7 @@ class ErrorBudget:
     inter_quant_steps: float = 1.0  # multiplier on the measured re-quantization flips
     act_fn_rel: float = 2.0**-20  # relative error of the backend's activation function
     lora_rel: float = 0.0  # extra relative slack on the LoRA delta (bf16 shrink output)
+    flip_sigmas: float = 2.0  # element code flips are charged out to this many sigma from a boundary
 
     def merge(self, other: "ErrorBudget") -> "ErrorBudget":
         """Element-wise max: the tolerance-table merge rule (a looser entry never tightens)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 
 from moecheck.errmodel.budget import ErrorBudget, unit_roundoff
-from moecheck.reference.quantize import quantize
+from moecheck.reference.codecs import E4M3
+from moecheck.reference.qtensor import expand_blocks
+from moecheck.reference.quantize import _blocked, quantize
 from moecheck.reference.spec import QuantSpec, ScaleRule
 
 _DISCRETE_SCALES = (ScaleRule.MX, ScaleRule.NVFP4, ScaleRule.UE8M0)
@@ -40,6 +42,11 @@ def requant_var(x: torch.Tensor, sigma: torch.Tensor, spec: QuantSpec, scale, bu
     a boundary, and a kernel flips it with a probability of that order: charge the full move.
     Scale flips: a discrete block scale jumps a whole block when the block amax is near a scale
     boundary; re-quantize x +- z*sigma and charge every element of a block whose scale code moved.
+    Moving every element the same way also moves data-derived scales with them (AMAX scales, the
+    NVFP4 global scale), which hides flips a kernel does see when the element and the amax round
+    opposite ways (measured: most bf16-rounding kernels failed). So elements are also re-quantized
+    at x +- flip_sigmas*sigma on the base scales, and NVFP4 block scales are also re-derived
+    against the base global scale.
     """
     out = torch.zeros_like(x, dtype=torch.float32)
     if steps == 0 or not bool((sigma > 0).any()):
@@ -47,8 +54,13 @@ def requant_var(x: torch.Tensor, sigma: torch.Tensor, spec: QuantSpec, scale, bu
     xf = x.float()
     base_q = quantize(xf, spec, scale)
     base = base_q.dequantize()
+    s_el = _element_scales(base_q, base_q.scale_values())
+    # held scales: the element's own move plus, for amax-derived scales, the scale's move the other way
+    sig_el = (sigma * sigma + (xf * _scale_rel_sigma(xf, sigma, spec, base_q)) ** 2).sqrt()
     for sgn in (1.0, -1.0):
         d = quantize(xf + sgn * sigma, spec, scale).dequantize() - base
+        out = torch.maximum(out, d * d)
+        d = _on_scales(xf + sgn * budget.flip_sigmas * sig_el, spec, s_el) - base
         out = torch.maximum(out, d * d)
         if spec.rule in _DISCRETE_SCALES and not spec.static:
             qz = quantize(xf + sgn * budget.z * sigma, spec, scale)
@@ -56,12 +68,49 @@ def requant_var(x: torch.Tensor, sigma: torch.Tensor, spec: QuantSpec, scale, bu
             if moved is not None:
                 dz = qz.dequantize() - base
                 out = torch.where(moved, torch.maximum(out, dz * dz), out)
+        if spec.rule == ScaleRule.NVFP4:
+            br, bc = base_q.block
+            amax_b = _blocked((xf + sgn * budget.z * sigma).abs(), br, bc, 0.0).amax(-1)
+            g = base_q.global_scale.float()[..., None, None]
+            sb = E4M3.round(amax_b / spec.codec.max / torch.where(g > 0, g, torch.ones_like(g)))
+            moved = expand_blocks((sb != base_q.scales.float()).float(), base_q.shape, br, bc) > 0
+            dz = _on_scales(xf, spec, _element_scales(base_q, sb)) - base
+            out = torch.where(moved, torch.maximum(out, dz * dz), out)
     return out * steps**2
 
 
-def _moved_blocks(q, base) -> torch.Tensor | None:
-    from moecheck.reference.qtensor import expand_blocks
+def _scale_rel_sigma(xf, sigma, spec: QuantSpec, q) -> torch.Tensor:
+    """Per element: relative sigma of a scale that is amax / const (AMAX blocks, NVFP4 global):
+    the sigma of the block's (slice's) largest element over its magnitude. 0 for other scales."""
+    if spec.static or spec.rule not in (ScaleRule.AMAX, ScaleRule.NVFP4):
+        return torch.zeros_like(xf)
+    if spec.rule == ScaleRule.NVFP4:  # the global scale: one per leading slice
+        a, sg = xf.abs().flatten(-2), sigma.expand_as(xf).flatten(-2)
+        i = a.argmax(-1, keepdim=True)
+        amax = a.gather(-1, i)
+        rel = torch.where(amax > 0, sg.gather(-1, i) / amax.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+        return rel[..., None].expand_as(xf)
+    br, bc = q.block
+    a, sg = _blocked(xf.abs(), br, bc, 0.0), _blocked(sigma.expand_as(xf).float(), br, bc, 0.0)
+    i = a.argmax(-1, keepdim=True)
+    amax = a.gather(-1, i)
+    rel = torch.where(amax > 0, sg.gather(-1, i) / amax.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    return expand_blocks(rel[..., 0], q.shape, br, bc)
 
+
+def _element_scales(q, block_scales: torch.Tensor) -> torch.Tensor:
+    br, bc = q.block
+    s = expand_blocks(block_scales, q.shape, br, bc)
+    return s if q.global_scale is None else s * q.global_scale.float()[..., None, None]
+
+
+def _on_scales(x: torch.Tensor, spec: QuantSpec, s_el: torch.Tensor) -> torch.Tensor:
+    """Fake-quantize x on given per-element scales (no zero points: activation specs have none)."""
+    safe = torch.where(s_el > 0, s_el, torch.ones_like(s_el))
+    return torch.where(s_el > 0, spec.codec.round(x / safe) * s_el, torch.zeros_like(s_el))
+
+
+def _moved_blocks(q, base) -> torch.Tensor | None:
     a, b = q.scales, base.scales
     changed = (a.view(torch.uint8) != b.view(torch.uint8)) if a.dtype.itemsize == 1 else (a != b)
     if not bool(changed.any()):

@@ -92,7 +92,7 @@ class FloatCodec:
         nan = torch.isnan(r)
         require(self.name != "e2m1" or not bool(nan.any()),
                 "e2m1 has no NaN encoding: NaN input cannot be stored as e2m1")
-        grid = self.grid()
+        grid = self.grid().to(r.device)
         top = 2 ** (self.bits - 1) - 1  # all-ones magnitude: NaN in e4m3 and e5m2
         idx = torch.where(nan, top, torch.searchsorted(grid, r.abs().contiguous()).clamp(max=top))
         code = idx | (torch.signbit(r).to(torch.int64) << (self.bits - 1))
@@ -149,7 +149,7 @@ E8M0_NAN = 255
 
 def e8m0_decode(codes: torch.Tensor) -> torch.Tensor:
     c = codes.to(torch.int32)
-    val = torch.ldexp(torch.ones(c.shape, dtype=torch.float32), c - E8M0_BIAS)
+    val = torch.ldexp(torch.ones(c.shape, dtype=torch.float32, device=c.device), c - E8M0_BIAS)
     return torch.where(c == E8M0_NAN, torch.full_like(val, float("nan")), val)
 
 

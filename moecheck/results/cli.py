@@ -1,14 +1,16 @@
 """`moecheck dashboard | history | bisect-run`: subcommands over the results store.
 
-register(subparsers) adds them to moecheck's argparse CLI; each sets `func`, a handler taking the
-parsed args and returning the exit code. dashboard/history: errors are one line on stderr and
-exit 2, never a traceback. bisect-run speaks git bisect's codes instead (see results/bisect.py),
+register(subparsers) adds them to moecheck's argparse CLI; each sets a handler taking the parsed
+args and returning the exit code, as both `fn` (what moecheck.cli dispatches on) and `func`.
+dashboard/history: errors are one line on stderr and exit 2, never a traceback. bisect-run speaks git bisect's codes instead (see results/bisect.py),
 including for its own usage errors, since 2 would mean "bad commit" to git bisect.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -16,6 +18,7 @@ from typing import Callable
 from moecheck.results.bisect import ABORT, SKIP, BisectStep, bisect_step, one_line, validate_case_file
 
 USAGE_ERROR = 2
+SHAPE_KEYS = (("T", "tokens"), ("H", "hidden"), ("I", "inter"), ("E", "experts"), ("k", "top_k"))  # Case fields
 DEFAULT_DASHBOARD = "moecheck-dashboard.html"
 
 
@@ -76,11 +79,12 @@ def _record_step(store_arg: str, case_path: str, case: dict, step: BisectStep) -
     from moecheck.results.store import ResultStore
 
     verdict = step.verdict if step.verdict in VERDICTS else "skip"
-    abs_case = str(Path(case_path).resolve())
+    dims = [f"{label}={case[key]}" for label, key in SHAPE_KEYS if key in case]
     record = CaseRecord(
         backend=str(case.get("backend", "unknown")), format=str(case.get("format", "unknown")),
-        property=str(case.get("property", "unknown")), shape=str(case.get("shape", "")), verdict=verdict,
-        repro=f"moecheck bisect-run {abs_case}", message=step.message, case_json=None,
+        property=str(case.get("property", "unknown")), shape=" ".join(dims), verdict=verdict,
+        repro=f"moecheck repro {shlex.quote(str(Path(case_path).resolve()))}", message=step.message,
+        case_json=json.dumps(case, sort_keys=True),
     )
     try:
         with ResultStore(store_arg) as store:
@@ -121,13 +125,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_DASHBOARD, help=f"HTML file to write (default: {DEFAULT_DASHBOARD})")
     p.add_argument("--profile", help="show runs of this profile (default: the latest run's)")
     p.add_argument("--runs", type=int, default=30, help="runs in the trend plots (default: 30)")
-    p.set_defaults(func=dashboard)
+    p.set_defaults(func=dashboard, fn=dashboard)
 
     p = subparsers.add_parser("history", help="table of the latest runs in a results store")
     p.add_argument("--store", help="results store (default: $MOECHECK_STORE or ./moecheck-results.sqlite)")
     p.add_argument("-n", type=int, default=20, help="how many runs (default: 20)")
     p.add_argument("--profile", help="only runs of this profile")
-    p.set_defaults(func=history)
+    p.set_defaults(func=history, fn=history)
 
     p = subparsers.add_parser(
         "bisect-run", help="replay one case for `git bisect run`: exit 0 good, 1 bad, 125 skip, 128 abort",
@@ -135,7 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "128 the case file is missing or malformed (aborts git bisect).")
     p.add_argument("case", metavar="CASE", help="case JSON file (keep it outside the tree being bisected)")
     p.add_argument("--store", default=None, help="also record each step as a 'bisect' run in this store")
-    p.set_defaults(func=bisect_run)
+    p.set_defaults(func=bisect_run, fn=bisect_run)
     _abort_on_usage_error(p)
 
 

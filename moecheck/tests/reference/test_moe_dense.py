@@ -19,7 +19,7 @@ import torch
 
 from moecheck.errmodel import budget_for, compare
 from moecheck.reference.formats import FORMATS
-from moecheck.reference.moe import BF16_EVERYWHERE, Rounding, fused_experts
+from moecheck.reference.moe import ACT_EVERYWHERE, Rounding, fused_experts
 from moecheck.reference.routing import RouterSpec
 from moecheck.reference.spec import ScaleRule
 from moecheck.tests.errmodel.dense import make_problem, run_oracle
@@ -42,7 +42,7 @@ SCENARIOS = [
     Scenario("swigluoai_interleaved_bias", "swigluoai", opts=dict(bias=True)),
     Scenario("relu2_ungated_bias", "relu2", opts=dict(bias=True)),
     Scenario("silu_up_gate", "silu_up_gate"),
-    Scenario("gelu_native_bf16_rounding", "gelu", native=True, rounding=BF16_EVERYWHERE),
+    Scenario("gelu_native_bf16_rounding", "gelu", native=True, rounding=ACT_EVERYWHERE),
     Scenario("expert_map", opts=dict(remote=3, k=3, bias=True)),
     Scenario("llama4_on_input_native", native=True,
              opts=dict(k=1, router=RouterSpec("llama4", 1, apply_weights_to_input=True))),

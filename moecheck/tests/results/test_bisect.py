@@ -20,7 +20,8 @@ from moecheck.results.store import ResultStore
 @pytest.fixture
 def case_file(tmp_path):
     path = tmp_path / "case.json"
-    path.write_text(json.dumps({"backend": "flashinfer", "format": "nvfp4", "property": "matches_reference"}))
+    path.write_text(json.dumps({"backend": "flashinfer", "format": "nvfp4", "property": "matches_reference",
+                                "tokens": 7, "hidden": 256, "inter": 128, "experts": 8, "top_k": 2, "seed": 3}))
     return path
 
 
@@ -112,6 +113,8 @@ def test_cli_with_replay_records_step(case_file, tmp_path, capsys, monkeypatch, 
     (case,) = ResultStore(store, create=False).cases(run.run_id)
     assert (run.profile, run.revision, run.status) == ("bisect", "c0ffee", "finished")
     assert (case.backend, case.format, case.verdict) == ("flashinfer", "nvfp4", verdict)
+    assert case.shape == "T=7 H=256 I=128 E=8 k=2" and json.loads(case.case_json)["seed"] == 3
+    assert case.repro == f"moecheck repro {case_file.resolve()}"
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")

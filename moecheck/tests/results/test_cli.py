@@ -13,7 +13,8 @@ def run(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="moecheck")  # as moecheck.cli will: register on its subparsers
     cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))
-    return args.func(args)
+    assert args.fn is args.func  # moecheck.cli dispatches on `fn`
+    return args.fn(args)
 
 
 @pytest.mark.parametrize("command", ["dashboard", "history"])
