@@ -13,7 +13,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
 settings.register_profile("dev", max_examples=15, **_COMMON)
-settings.register_profile("ci", max_examples=40, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=10, derandomize=True, **_COMMON)  # 2-core CI: ~220 property tests
 settings.register_profile("gpu", max_examples=150, **_COMMON)
 settings.register_profile(
     "nightly", max_examples=2000,

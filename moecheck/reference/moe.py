@@ -106,7 +106,21 @@ def _check(x, w13, w2, topk_weights, topk_ids, fmt: Format, act: ActivationSpec,
     require(s2 == (s13[0], H, n_int), f"w2 must be [E={s13[0]}, H={H}, I={n_int}], got {s2}")
     require(topk_ids.shape == topk_weights.shape and topk_ids.dim() == 2 and topk_ids.shape[0] == x.shape[0],
             f"topk_ids/topk_weights must both be [T={x.shape[0]}, k], got {tuple(topk_ids.shape)} and {tuple(topk_weights.shape)}")
-    require(not topk_ids.is_floating_point(), f"topk_ids must be an integer tensor, got {topk_ids.dtype}")
+    require(not topk_ids.is_floating_point() and topk_ids.dtype != torch.bool, f"topk_ids must be an integer tensor, got {topk_ids.dtype}")
+    require(topk_weights.is_floating_point(), f"topk_weights must be a float tensor, got {topk_weights.dtype}")
+    require(topk_ids.shape[1] >= 1, f"top_k must be >= 1, got {topk_ids.shape[1]}")
+    require(s13[0] >= 1, f"w13/w2 must hold at least one expert, got E={s13[0]}")
+    for name, w in (("w13", w13), ("w2", w2)):
+        if fmt.weight is None:
+            require(not isinstance(w, QTensor) and w.dtype in (torch.bfloat16, torch.float16, torch.float32),
+                    f"format {fmt.name} takes plain bf16/fp16/fp32 {name}, got {type(w).__name__} {getattr(w, 'dtype', '')}")
+        else:
+            require(isinstance(w, QTensor) and w.spec == fmt.weight,
+                    f"format {fmt.name} takes {name} as a QTensor quantized with its weight spec ({fmt.weight.elem}, block {fmt.weight.block})")
+    if expert_map is not None:
+        require(expert_map.dim() == 1 and expert_map.numel() >= 1 and not expert_map.is_floating_point(),
+                f"expert_map must be a non-empty 1-D integer tensor, got shape {tuple(expert_map.shape)} {expert_map.dtype}")
+        require(int(expert_map.min()) >= -1, f"expert_map entries must be -1 (not local) or a local id, got {int(expert_map.min())}")
     n_global = expert_map.shape[0] if expert_map is not None else s13[0]
     if topk_ids.numel():
         require(int(topk_ids.min()) >= 0 and int(topk_ids.max()) < n_global, f"topk_ids must lie in [0, {n_global}), got [{int(topk_ids.min())}, {int(topk_ids.max())}]")
@@ -114,6 +128,21 @@ def _check(x, w13, w2, topk_weights, topk_ids, fmt: Format, act: ActivationSpec,
         require(int(expert_map.max()) < s13[0], f"expert_map points past the {s13[0]} local experts")
     require(not apply_on_input or topk_ids.shape[1] == 1, "apply_router_weight_on_input needs top_k == 1 (as Llama4)")
     fmt.check_sizes(H, n_int)
+
+
+def _check_extras(x, w13, b13, b2, lora, token_lora):
+    E, rows, H = tuple(w13.shape)
+    if b13 is not None:
+        require(tuple(b13.shape) == (E, rows), f"w13_bias must be [E={E}, {rows}], got {tuple(b13.shape)}")
+    if b2 is not None:
+        require(tuple(b2.shape) == (E, H), f"w2_bias must be [E={E}, H={H}], got {tuple(b2.shape)}")
+    if lora is not None and token_lora is not None:
+        L, le, _, lh = lora.gate_a.shape
+        require((le, lh) == (E, H), f"LoRA adapters are for E={le}, H={lh}; the weights have E={E}, H={H}")
+        require(tuple(token_lora.shape) == (x.shape[0],) and not token_lora.is_floating_point(),
+                f"token_lora must be an integer [T={x.shape[0]}] tensor, got {tuple(token_lora.shape)} {token_lora.dtype}")
+        if token_lora.numel():
+            require(int(token_lora.min()) >= -1 and int(token_lora.max()) < L, f"token_lora must lie in [-1, {L}), got [{int(token_lora.min())}, {int(token_lora.max())}]")
 
 
 def fused_experts(hidden_states: torch.Tensor, w13, w2, topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
@@ -130,6 +159,12 @@ def fused_experts(hidden_states: torch.Tensor, w13, w2, topk_weights: torch.Tens
     """
     x = hidden_states
     _check(x, w13, w2, topk_weights, topk_ids, fmt, activation, expert_map, apply_router_weight_on_input)
+    _check_extras(x, w13, w13_bias, w2_bias, lora, token_lora)
+    static = fmt.act is not None and fmt.act.static
+    require(not static or (a1_scale is not None and a2_scale is not None),
+            f"format {fmt.name} has static activation scales: pass a1_scale and a2_scale")
+    require(static or (a1_scale is None and a2_scale is None),
+            f"format {fmt.name} computes its activation scales: a1_scale/a2_scale must be None")
     T, H = x.shape
     k = topk_ids.shape[1]
     out_dtype = x.dtype
@@ -198,7 +233,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
             var_y = dg * dg * vg + du * du * vu
         else:
             var_y = dg * dg * var_h
-        var_y = var_y + (budget.act_fn_rel * y) ** 2 / 3.0 + round_var(y, rnd.act_out)
+        var_y = var_y + (budget.act_fn_rel * _act_fn_scale(h, y, act)) ** 2 / 3.0 + round_var(y, rnd.act_out)
     y = _rnd(y, rnd.act_out)
     y_lora_in = y
     if fmt.act is not None and y.shape[0]:
@@ -238,6 +273,18 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     var = var + k * round_var(accf, rnd.topk_sum) + 2 * round_var(accf, out_dtype)
     bound = budget.z * var.sqrt() + torch.finfo(torch.float32).tiny
     return MoEResult(out, bound)
+
+
+def _act_fn_scale(h, y, act: ActivationSpec) -> torch.Tensor:
+    """What an activation's evaluation error is relative to: |y|, except for the GELUs, computed as
+    0.5 x (1 + erf(..)) (or tanh): 1 + erf cancels in the negative tail, so the error there is a
+    fraction of 0.5 |x| (times up), not of the tiny result."""
+    if act.kind not in ("gelu", "gelu_tanh"):
+        return y
+    if not act.gated:
+        return torch.maximum(y.abs(), 0.5 * h.abs())
+    g, u = act_mod.split_gate_up(h, act)
+    return torch.maximum(y.abs(), 0.5 * (g * u).abs())
 
 
 def _grouped_var(a, var_a, w_sq, counts, budget):
