@@ -18,9 +18,10 @@ def gemm_var(a: torch.Tensor, var_a: torch.Tensor | None, w_sq: torch.Tensor, k:
     w_sq is w**2. Accumulating k products in another order with unit u: each partial-sum rounding
     is about u*|partial|; summed in quadrature over k steps this is u^2 * k/3 * sum(a^2 w^2).
     """
+    a, w_sq = a.double(), w_sq.double()  # float64 variances: fp32 squares of tiny values underflow to 0
     v = (a * a) @ w_sq.T * (budget.acc_unit**2 * k / 3.0)
     if var_a is not None:
-        v = v + var_a @ w_sq.T
+        v = v + var_a.double() @ w_sq.T
     return v
 
 
@@ -31,51 +32,51 @@ def round_var(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor | floa
         return 0.0
     fi = torch.finfo(dtype)
     half_sub = fi.tiny * fi.eps / 2
-    return torch.clamp((unit_roundoff(dtype) * x).abs(), min=half_sub) ** 2 / 3.0
+    return torch.clamp((unit_roundoff(dtype) * x.double()).abs(), min=half_sub) ** 2 / 3.0
 
 
 def requant_var(x: torch.Tensor, sigma: torch.Tensor, spec: QuantSpec, scale, budget: ErrorBudget,
                 steps: float) -> torch.Tensor:
     """Variance of re-quantizing `x` when a correct kernel sees it off by ~sigma (element-wise).
 
-    Element flips: re-quantize x +- sigma; an element whose code moves is within about one sigma of
-    a boundary, and a kernel flips it with a probability of that order: charge the full move.
+    Element flips: an element whose code moves within a couple of sigma of its boundary is flipped by
+    a kernel often enough to charge the full move. Probed twice: x +- sigma re-quantized as a whole
+    (scales move with the data: the continuous move of AMAX scales), and x +- flip_sigmas * sigma_el
+    on the base scales, where sigma_el adds the relative sigma of an amax-derived scale (AMAX block,
+    NVFP4 global): moving every element the same way moves such a scale with them and hides the
+    flips a kernel sees when an element and its block amax round opposite ways.
     Scale flips: a discrete block scale jumps a whole block when the block amax is near a scale
-    boundary; re-quantize x +- z*sigma and charge every element of a block whose scale code moved.
-    Moving every element the same way also moves data-derived scales with them (AMAX scales, the
-    NVFP4 global scale), which hides flips a kernel does see when the element and the amax round
-    opposite ways (measured: most bf16-rounding kernels failed). So elements are also re-quantized
-    at x +- flip_sigmas*sigma on the base scales, and NVFP4 block scales are also re-derived
-    against the base global scale.
+    boundary; re-quantize x +- z*sigma and charge every element of a block whose scale code moved
+    (NVFP4: block scales also re-derived against the base global scale, for the same reason).
     """
-    out = torch.zeros_like(x, dtype=torch.float32)
+    out = torch.zeros_like(x, dtype=torch.float64)  # float64 variances, as gemm_var
     if steps == 0 or not bool((sigma > 0).any()):
         return out
-    xf = x.float()
+    xf, sigma = x.float(), sigma.double()
     base_q = quantize(xf, spec, scale)
     base = base_q.dequantize()
-    s_el = _element_scales(base_q, base_q.scale_values())
+    s_blk = _element_scales(base_q, base_q.scale_values())
     # held scales: the element's own move plus, for amax-derived scales, the scale's move the other way
     sig_el = (sigma * sigma + (xf * _scale_rel_sigma(xf, sigma, spec, base_q)) ** 2).sqrt()
     for sgn in (1.0, -1.0):
-        d = quantize(xf + sgn * sigma, spec, scale).dequantize() - base
+        d = (quantize(xf + sgn * sigma, spec, scale).dequantize() - base).double()
         out = torch.maximum(out, d * d)
-        d = _on_scales(xf + sgn * budget.flip_sigmas * sig_el, spec, s_el) - base
+        d = (_on_scales(xf + sgn * budget.flip_sigmas * sig_el, spec, s_blk, base_q.global_scale) - base).double()
         out = torch.maximum(out, d * d)
         if spec.rule in _DISCRETE_SCALES and not spec.static:
             qz = quantize(xf + sgn * budget.z * sigma, spec, scale)
             moved = _moved_blocks(qz, base_q)
             if moved is not None:
-                dz = qz.dequantize() - base
+                dz = (qz.dequantize() - base).double()
                 out = torch.where(moved, torch.maximum(out, dz * dz), out)
-        if spec.rule == ScaleRule.NVFP4:
-            br, bc = base_q.block
-            amax_b = _blocked((xf + sgn * budget.z * sigma).abs(), br, bc, 0.0).amax(-1)
-            g = base_q.global_scale.float()[..., None, None]
-            sb = E4M3.round(amax_b / spec.codec.max / torch.where(g > 0, g, torch.ones_like(g)))
-            moved = expand_blocks((sb != base_q.scales.float()).float(), base_q.shape, br, bc) > 0
-            dz = _on_scales(xf, spec, _element_scales(base_q, sb)) - base
-            out = torch.where(moved, torch.maximum(out, dz * dz), out)
+            if spec.rule == ScaleRule.NVFP4:  # block scales against the base global scale
+                br, bc = base_q.block
+                amax_b = _blocked((xf + sgn * budget.z * sigma).abs(), br, bc, 0.0).amax(-1)
+                g = base_q.global_scale.float()[..., None, None]
+                sb = E4M3.round(amax_b / spec.codec.max / torch.where(g > 0, g, torch.ones_like(g)))
+                moved = expand_blocks((sb != base_q.scales.float()).float(), base_q.shape, br, bc) > 0
+                dz = (_on_scales(xf, spec, _element_scales(base_q, sb), base_q.global_scale) - base).double()
+                out = torch.where(moved, torch.maximum(out, dz * dz), out)
     return out * steps**2
 
 
@@ -100,14 +101,19 @@ def _scale_rel_sigma(xf, sigma, spec: QuantSpec, q) -> torch.Tensor:
 
 def _element_scales(q, block_scales: torch.Tensor) -> torch.Tensor:
     br, bc = q.block
-    s = expand_blocks(block_scales, q.shape, br, bc)
-    return s if q.global_scale is None else s * q.global_scale.float()[..., None, None]
+    return expand_blocks(block_scales, q.shape, br, bc)
 
 
-def _on_scales(x: torch.Tensor, spec: QuantSpec, s_el: torch.Tensor) -> torch.Tensor:
-    """Fake-quantize x on given per-element scales (no zero points: activation specs have none)."""
+def _on_scales(x: torch.Tensor, spec: QuantSpec, s_blk: torch.Tensor, global_scale) -> torch.Tensor:
+    """Fake-quantize x on given per-element block scales (and global scale), in quantize's and
+    QTensor.dequantize's operation order, so unperturbed x reproduces them bit for bit.
+    No zero points: activation specs have none."""
+    g = None if global_scale is None else global_scale.float()[..., None, None]
+    s_el = s_blk if g is None else s_blk * g
     safe = torch.where(s_el > 0, s_el, torch.ones_like(s_el))
-    return torch.where(s_el > 0, spec.codec.round(x / safe) * s_el, torch.zeros_like(s_el))
+    v = spec.codec.round(x / safe) * s_blk
+    v = v if g is None else v * g
+    return torch.where(s_el > 0, v, torch.zeros_like(v))
 
 
 def _moved_blocks(q, base) -> torch.Tensor | None:

@@ -22,8 +22,6 @@ class Entry:
 
 TABLE: list[Entry] = [
     Entry("*", "*", ErrorBudget(), "baseline: fp32 accumulation, one code step per re-quantization, z=6"),
-    Entry("*", "reference*", ErrorBudget(input_rel=0.0),
-          "the reference quantizes its input with the same bit-exact quantizer: no input flips"),
     Entry("*", "torch_compile*", ErrorBudget(act_fn_rel=2.0**-18),
           "Inductor fuses the activation with its own exp/sigmoid (libdevice fast paths)"),
     Entry("fp8*", "torch_scaled_grouped_mm", ErrorBudget(acc_unit=2.0**-13),

@@ -219,7 +219,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         d13 = act_mod.join_gate_up(g, u, act) if act.gated else g
         h = h + d13
         if track:
-            var_h = var_h + round_var(d13, rnd.lora_mid) + (budget.lora_rel * d13) ** 2 / 3.0
+            var_h = var_h + round_var(d13, rnd.lora_mid) + (budget.lora_rel * d13.double()) ** 2 / 3.0
     if track:
         var_h = var_h + round_var(h, rnd.gemm1_out)
     h = _rnd(h, rnd.gemm1_out)
@@ -233,7 +233,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
             var_y = dg * dg * vg + du * du * vu
         else:
             var_y = dg * dg * var_h
-        var_y = var_y + (budget.act_fn_rel * _act_fn_scale(h, y, act)) ** 2 / 3.0 + round_var(y, rnd.act_out)
+        var_y = var_y + (budget.act_fn_rel * _act_fn_scale(h, y, act).double()) ** 2 / 3.0 + round_var(y, rnd.act_out)
     y = _rnd(y, rnd.act_out)
     y_lora_in = y
     if fmt.act is not None and y.shape[0]:
@@ -249,7 +249,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         d2 = lora_w2_delta(lora, y_lora_in.to(out_dtype), e_rows, adapters, rnd.lora_mid)
         o = o + d2
         if track:
-            var_o = var_o + round_var(d2, rnd.lora_mid) + (budget.lora_rel * d2) ** 2 / 3.0
+            var_o = var_o + round_var(d2, rnd.lora_mid) + (budget.lora_rel * d2.double()) ** 2 / 3.0
     if track:
         var_o = var_o + round_var(o, rnd.gemm2_out)
     o = _rnd(o, rnd.gemm2_out)
@@ -266,12 +266,12 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     if not track:
         return MoEResult(out, None)
 
-    vbuf = torch.zeros(T * k, H, device=dev, dtype=torch.float32)
+    vbuf = torch.zeros(T * k, H, device=dev, dtype=torch.float64)  # variances in float64 (propagate.gemm_var)
     vbuf[slot_rows] = var_o * (w_rows * w_rows)[:, None] + round_var(o * w_rows[:, None], rnd.topk_weights)
     var = vbuf.view(T, k, H).sum(1)
     accf = acc.float()
     var = var + k * round_var(accf, rnd.topk_sum) + 2 * round_var(accf, out_dtype)
-    bound = budget.z * var.sqrt() + torch.finfo(torch.float32).tiny
+    bound = (budget.z * var.sqrt()).float() + torch.finfo(torch.float32).tiny
     return MoEResult(out, bound)
 
 
@@ -288,7 +288,7 @@ def _act_fn_scale(h, y, act: ActivationSpec) -> torch.Tensor:
 
 
 def _grouped_var(a, var_a, w_sq, counts, budget):
-    out = a.new_empty(a.shape[0], w_sq.shape[1], dtype=torch.float32)
+    out = a.new_empty(a.shape[0], w_sq.shape[1], dtype=torch.float64)
     s = 0
     for e, c in enumerate(counts):
         if c:

@@ -9,6 +9,7 @@ through activations.apply, and everything else is explicit loops over tokens and
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 from moecheck.reference import activations as act_mod
@@ -17,6 +18,16 @@ from moecheck.reference.lora import MoELoRA
 from moecheck.reference.qtensor import QTensor
 from moecheck.reference.quantize import quantize
 from moecheck.reference.routing import RouterSpec, route
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Import into a test module to run its tests on one intra-op thread: these shapes are tiny, and
+    on a busy 2-core machine torch's second OpenMP thread made each small GEMM ~100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _deq(w, dt):
@@ -124,7 +135,10 @@ def make_problem(fmt: Format, act_name: str = "silu", *, T=12, H=None, I=None, E
         w = torch.randn(E, n, kk, generator=g) / kk**0.5
         row = torch.exp2(torch.randint(-2, 3, (E, n, 1), generator=g).float())
         blk = torch.exp2(torch.randint(-2, 3, (E, 1, -(-kk // 16)), generator=g).float())
-        return w * row * blk.repeat_interleave(16, -1)[..., :kk]
+        # 128x128 tiles at 2^((i + 2j) % 3 - 1): tile (0,1) differs from (1,0), so a transposed
+        # scale grid of 128x128-block formats is never a no-op
+        i, j = torch.arange(n)[:, None] // 128, torch.arange(kk)[None, :] // 128
+        return w * row * blk.repeat_interleave(16, -1)[..., :kk] * torch.exp2(((i + 2 * j) % 3 - 1).float())
 
     w13, w2 = weight(rows13, H), weight(H, I)
     x = torch.randn(T, H, generator=g).to(dt)

@@ -18,7 +18,7 @@ from moecheck.reference.formats import FORMATS
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.moe import ACT_EVERYWHERE, Rounding, fused_experts
 from moecheck.reference.routing import RouterSpec
-from moecheck.tests.errmodel.dense import make_problem, run_oracle
+from moecheck.tests.errmodel.dense import make_problem, run_oracle, one_torch_thread  # noqa: F401 (autouse)
 
 L, R, SCALING = 3, 4, 0.5
 LAYOUTS = {

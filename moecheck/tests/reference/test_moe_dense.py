@@ -22,7 +22,7 @@ from moecheck.reference.formats import FORMATS
 from moecheck.reference.moe import ACT_EVERYWHERE, Rounding, fused_experts
 from moecheck.reference.routing import RouterSpec
 from moecheck.reference.spec import ScaleRule
-from moecheck.tests.errmodel.dense import make_problem, run_oracle
+from moecheck.tests.errmodel.dense import make_problem, run_oracle, one_torch_thread  # noqa: F401 (autouse)
 
 ORACLE = "oracle_f64"  # judged by the baseline budget: the table has no entry that loosens it
 

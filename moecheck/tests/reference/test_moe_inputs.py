@@ -14,6 +14,7 @@ from moecheck.reference.formats import FORMATS
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.moe import fused_experts
 from moecheck.reference.quantize import quantize
+from moecheck.tests.errmodel.dense import one_torch_thread  # noqa: F401 (autouse)
 
 T, H, I, E, K = 4, 64, 32, 4, 2
 BF16, SILU = FORMATS["bf16"], ACTIVATIONS["silu"]
