@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from moecheck.errors import MoecheckError
@@ -33,12 +34,18 @@ def _backends(args) -> int:
     return 0
 
 
-def _select_expr(args) -> str:
-    parts = []
-    for opt, vals in (("backend", args.backend), ("format", args.format), ("property", args.property)):
-        if vals:
-            parts.append("(" + " or ".join(vals) + ")")
-    return " and ".join(parts)
+SELECT_ENV = {"backend": "MOECHECK_SELECT_BACKENDS", "format": "MOECHECK_SELECT_FORMATS", "property": "MOECHECK_SELECT_PROPERTIES"}
+
+
+def _select_env(args) -> dict[str, str]:
+    """--backend/--format/--property as exact names or fnmatch patterns ('flashinfer_*'), read by
+    the property module when it parametrizes: pytest -k would take `bf16` to mean `mxfp4_bf16` too."""
+    from moecheck.properties.checks import PROPERTIES
+
+    unknown = [p for p in args.property if not any(fnmatchcase(n, p) for n in PROPERTIES)]
+    if unknown:
+        raise MoecheckError(f"unknown property {unknown[0]!r}; known: {', '.join(PROPERTIES)}")
+    return {env: ",".join(getattr(args, opt)) for opt, env in SELECT_ENV.items() if getattr(args, opt)}
 
 
 def _run(args) -> int:
@@ -55,20 +62,28 @@ def _run(args) -> int:
            "--confcutdir", str(pkg), "--rootdir", str(pkg), "-q", str(pkg / "properties" / "test_properties.py")]
     if args.workers != "0":
         cmd += ["-n", args.workers]
-    expr = _select_expr(args)
-    if expr:
-        cmd += ["-k", expr]
+    env.update(_select_env(args))
+    run_id = None
+    if args.store:  # started first: a killed suite leaves an 'interrupted' run, not nothing
+        from moecheck.results import bridge
+
+        run_id = bridge.start_run(args.store, " ".join(["moecheck", *sys.argv[1:]]), env.get("MOECHECK_PROFILE", ""))
     t0 = time.time()
-    print("running:", " ".join(cmd[2:]), flush=True)
-    rc = subprocess.call(cmd, env=env)
+    sel = " ".join(f"{k}={v}" for k, v in _select_env(args).items())
+    print("running:", sel, " ".join(cmd[2:]), flush=True)
+    try:
+        rc = subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        rc = None
     wall = time.time() - t0
     rows = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()] if (report / "results.jsonl").exists() else []
+    if run_id is not None:
+        n = bridge.finish_run(args.store, run_id, rows, interrupted=rc is None or rc == 2)
+        print(f"stored {n} results as run {run_id} in {args.store}")
     if not rows:
         print("moecheck run: no property test was executed (nothing selected or collection failed)", file=sys.stderr)
         return 1
     _table(rows, report, wall)
-    if args.store:
-        _store(args, rows, wall)
     return 0 if rc == 0 else 1
 
 
@@ -93,15 +108,6 @@ def _table(rows: list[dict], report: Path, wall: float) -> None:
     (report / "summary.txt").write_text(text + f"\nwall time {wall:.0f} s\n")
     print("\n" + text)
     print(f"\nwall time {wall:.0f} s; full report: {report / 'results.jsonl'} (summary: {report / 'summary.txt'})")
-
-
-def _store(args, rows, wall) -> None:
-    try:
-        from moecheck.results.bridge import store_run_rows
-    except ImportError as e:
-        print(f"moecheck run: results store unavailable ({e})", file=sys.stderr)
-        return
-    print("stored as run", store_run_rows(args.store, rows, " ".join(sys.argv)))
 
 
 def _repro(args) -> int:

@@ -63,7 +63,7 @@ def requant_var(x: torch.Tensor, sigma: torch.Tensor, spec: QuantSpec, scale, bu
         out = torch.maximum(out, d * d)
         d = (_on_scales(xf + sgn * budget.flip_sigmas * sig_el, spec, s_blk, base_q.global_scale) - base).double()
         out = torch.maximum(out, d * d)
-        if spec.rule in _DISCRETE_SCALES and not spec.static:
+        if spec.rule in _DISCRETE_SCALES and (not spec.static or spec.rule == ScaleRule.NVFP4):  # static NVFP4: block scales still derived
             qz = quantize(xf + sgn * budget.z * sigma, spec, scale)
             moved = _moved_blocks(qz, base_q)
             if moved is not None:

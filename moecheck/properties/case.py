@@ -15,7 +15,7 @@ from moecheck.errors import MoecheckError, require
 from moecheck.reference.formats import get_format
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.padding import pad_bias13, pad_hidden, pad_w13, pad_w2
-from moecheck.reference.quantize import quantize
+from moecheck.reference.quantize import calibrate, quantize
 from moecheck.reference.routing import RouterSpec, route
 
 ROUTINGS = ("softmax", "skewed", "one_expert", "empty_experts")
@@ -165,9 +165,8 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
                        mk(L, E, r, c.inter), mk(L, E, c.hidden, r), scaling=1.0)
         token_lora = torch.randint(-1, L, (c.tokens,), generator=g)
     a1 = a2 = None
-    if fmt.act is not None and fmt.act.static:  # calibrated scales: the input's amax, a fixed guess for the intermediate
-        amax = x.float().abs().amax() if x.numel() else torch.tensor(1.0)
-        a1 = (amax / fmt.act.codec.max).clamp(min=2.0**-20)
+    if fmt.act is not None and fmt.act.static:  # calibrated scales: on the input itself, a fixed guess for the intermediate
+        a1 = calibrate(x, fmt.act).clamp(min=2.0**-20)
         a2 = torch.tensor(2.0**-6)
     if pad_to is not None:
         hp, ip = pad_to

@@ -71,8 +71,12 @@ _FORMATS: list[Format] = [
     Format("mxfp4_mxfp8", _q("e2m1", (1, 32), **_MX), _q("e4m3", (1, 32), **_MX), k_multiple=32,
            doc="MXFP4 weights x MXFP8 activations (FlashInfer/TRT-LLM W4A8-MX)"),
     Format("nvfp4", _q("e2m1", (1, 16), rule=ScaleRule.NVFP4, ragged=False),
+           _q("e2m1", (1, 16), rule=ScaleRule.NVFP4, ragged=False, static=True), k_multiple=16,
+           doc="NVFP4: E2M1 elements, E4M3 scale per 16; fp32 global scale per expert for weights, "
+               "calibrated (static a1/a2) global scales for activations, as NVFP4 MoE kernels take them"),
+    Format("nvfp4_dynamic", _q("e2m1", (1, 16), rule=ScaleRule.NVFP4, ragged=False),
            _q("e2m1", (1, 16), rule=ScaleRule.NVFP4, ragged=False), k_multiple=16,
-           doc="NVFP4: E2M1 elements, E4M3 scale per 16, fp32 global scale, weights and activations"),
+           doc="NVFP4 with activation global scales computed per tensor from the data (amax / 2688)"),
     Format("w4a8", _q("int4", (1, 128), ragged=False), _q("e4m3", PER_TENSOR), k_multiple=128,
            doc="INT4 weights (symmetric groups of 128) x FP8 e4m3 per-tensor activations"),
 ]

@@ -115,7 +115,8 @@ def _static_scale(scale: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...]) -
 
 
 def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None) -> QTensor:
-    """Quantize `x` [..., R, C] by `spec`. `scale` (fp32, per block) is required iff spec.static.
+    """Quantize `x` [..., R, C] by `spec`. `scale` (fp32, per block; NVFP4: the global scale per
+    slice) is required iff spec.static.
 
     Non-finite input: with a static scale, +-inf saturates to +-max like any overflow and NaN stays
     NaN where the codec has one. With a data-derived scale, a block (NVFP4: a slice) holding NaN or
@@ -129,13 +130,14 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None
     xf = x.float()
     blocks = _blocked(xf, br, bc, 0.0)
     zeros = global_scale = None
-    if spec.static:
+    if spec.rule == ScaleRule.NVFP4:
+        given = _static_scale(scale, x, tuple(x.shape[:-2]) + (1, 1))[..., 0, 0] if spec.static else None
+        s, s_store, global_scale = _nvfp4_scales(xf, blocks, cd, given)
+    elif spec.static:
         s_store = s = _static_scale(scale, x, tuple(blocks.shape[:-1]))
     elif spec.rule == ScaleRule.MINMAX:
         s, z = _minmax_scale(blocks, cd)
         s_store, zeros = s, z.to(torch.uint8)
-    elif spec.rule == ScaleRule.NVFP4:
-        s, s_store, global_scale = _nvfp4_scales(xf, blocks, cd)
     else:
         s, s_store = _SCALE_RULES[spec.rule](blocks.abs().amax(-1), cd, spec.mx_mode)
 
@@ -151,13 +153,38 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None
     return QTensor(_store_codes(q, spec), s_store, spec, shape, zeros, global_scale)
 
 
-def _nvfp4_scales(xf: torch.Tensor, blocks: torch.Tensor, cd: FloatCodec):
-    """Two-level NVFP4: global = amax_slice / (448 * 6); block = e4m3(amax_b / 6 / global)."""
-    lead = xf.shape[:-2]
-    amax_t = xf.abs().reshape(*lead, -1).amax(-1) if xf.numel() else torch.zeros(lead)
-    g = _poison(amax_t / (E4M3.max * cd.max), amax_t)  # a non-finite value makes its whole slice NaN
+def _nvfp4_scales(xf: torch.Tensor, blocks: torch.Tensor, cd: FloatCodec, given: torch.Tensor | None = None):
+    """Two-level NVFP4: global = amax_slice / (448 * 6), or the calibrated one given (static);
+    block = e4m3(amax_b / 6 / global), saturating at 448 when a static global is too small."""
+    if given is None:
+        g = _poison(nvfp4_global(xf), _slice_amax(xf))  # a non-finite value makes its whole slice NaN
+    else:
+        g = given
     sb = E4M3.round(blocks.abs().amax(-1) / cd.max / g[..., None, None])
     return sb, e4m3_storage(sb), g
+
+
+def _slice_amax(xf: torch.Tensor) -> torch.Tensor:
+    lead = xf.shape[:-2]
+    return xf.abs().reshape(*lead, -1).amax(-1) if xf.numel() else torch.zeros(lead, device=xf.device)
+
+
+def nvfp4_global(x: torch.Tensor) -> torch.Tensor:
+    """The NVFP4 global dequantization scale of each [..., R, C] slice: amax / (448 * 6)."""
+    from moecheck.reference.codecs import codec
+
+    return _slice_amax(x.float()) / (E4M3.max * codec("e2m1").max)
+
+
+def calibrate(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """The static scale a calibration pass over `x` would store for `spec`: what the dynamic rule
+    computes for the whole tensor (NVFP4: its global scale). 1.0 for an empty or all-zero x."""
+    require(spec.static, "calibrate() is for static specs")
+    if spec.rule == ScaleRule.NVFP4:
+        s = nvfp4_global(x) if x.numel() else torch.ones(())
+    else:
+        s = (x.float().abs().amax() if x.numel() else torch.tensor(0.0)) / spec.codec.max
+    return torch.where(s > 0, s, torch.ones_like(s))
 
 
 def _store_codes(q: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

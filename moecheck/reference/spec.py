@@ -61,9 +61,11 @@ class QuantSpec:
             require(floaty, f"rule {self.rule.value} needs a float element codec, got {self.elem}")
         else:  # symmetric amax -> max: negative values need a signed codec
             require(floaty or cd.signed, f"rule {self.rule.value} needs a signed or float codec, got {self.elem}")
-        # a given scale is a plain fp32 multiplier: E8M0/E4M3-coded scales and zero points are computed
-        require(not self.static or self.rule in (ScaleRule.AMAX, ScaleRule.UE8M0),
-                f"static scales need rule amax or ue8m0, got {self.rule.value}")
+        # a given scale is a plain fp32 multiplier: E8M0/E4M3-coded scales and zero points are computed.
+        # Static NVFP4 is the calibrated global scale; its E4M3 block scales are still derived (as
+        # every NVFP4 MoE kernel takes a1/a2 global scales from the checkpoint)
+        require(not self.static or self.rule in (ScaleRule.AMAX, ScaleRule.UE8M0, ScaleRule.NVFP4),
+                f"static scales need rule amax, ue8m0 or nvfp4, got {self.rule.value}")
 
     @property
     def codec(self):

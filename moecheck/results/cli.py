@@ -18,7 +18,6 @@ from typing import Callable
 from moecheck.results.bisect import ABORT, SKIP, BisectStep, bisect_step, one_line, validate_case_file
 
 USAGE_ERROR = 2
-SHAPE_KEYS = (("T", "tokens"), ("H", "hidden"), ("I", "inter"), ("E", "experts"), ("k", "top_k"))  # Case fields
 DEFAULT_DASHBOARD = "moecheck-dashboard.html"
 
 
@@ -75,14 +74,14 @@ def history(args: argparse.Namespace) -> int:
 
 def _record_step(store_arg: str, case_path: str, case: dict, step: BisectStep) -> None:
     """Best effort: a bisect verdict stands even if the store cannot be written."""
+    from moecheck.results.bridge import shape_of
     from moecheck.results.schema import VERDICTS, CaseRecord
     from moecheck.results.store import ResultStore
 
     verdict = step.verdict if step.verdict in VERDICTS else "skip"
-    dims = [f"{label}={case[key]}" for label, key in SHAPE_KEYS if key in case]
     record = CaseRecord(
         backend=str(case.get("backend", "unknown")), format=str(case.get("format", "unknown")),
-        property=str(case.get("property", "unknown")), shape=" ".join(dims), verdict=verdict,
+        property=str(case.get("property", "unknown")), shape=shape_of(case), verdict=verdict,
         repro=f"moecheck repro {shlex.quote(str(Path(case_path).resolve()))}", message=step.message,
         case_json=json.dumps(case, sort_keys=True),
     )

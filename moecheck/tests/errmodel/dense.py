@@ -16,7 +16,7 @@ from moecheck.reference import activations as act_mod
 from moecheck.reference.formats import Format
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.qtensor import QTensor
-from moecheck.reference.quantize import quantize
+from moecheck.reference.quantize import calibrate, quantize
 from moecheck.reference.routing import RouterSpec, route
 
 
@@ -155,7 +155,7 @@ def make_problem(fmt: Format, act_name: str = "silu", *, T=12, H=None, I=None, E
         kw["w13_bias"] = torch.randn(E, rows13, generator=g) * 0.1
         kw["w2_bias"] = torch.randn(E, H, generator=g) * 0.1
     if fmt.act is not None and fmt.act.static:
-        kw["a1_scale"] = (x.float().abs().amax() if T else torch.tensor(1.0)) / fmt.act.codec.max
+        kw["a1_scale"] = calibrate(x, fmt.act)
         kw["a2_scale"] = torch.tensor(2.0**-6)
     q = (lambda w: quantize(w, fmt.weight)) if fmt.weight is not None else (lambda w: w.to(dt))
     return dict(hidden_states=x, w13=q(w13), w2=q(w2), topk_weights=weights, topk_ids=ids, **kw)

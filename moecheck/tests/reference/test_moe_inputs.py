@@ -136,9 +136,11 @@ def test_static_scales(fmt_name, over, fragment):
 
 @pytest.mark.parametrize("fmt_name", ["bf16", "fp8_tensor", "mxfp8", "nvfp4", "int4_zp_w_g32"])
 def test_the_valid_baseline_runs(fmt_name):
-    """Every bad case above is this call with one thing broken."""
-    out = fused_experts(**_valid(FORMATS[fmt_name])).out
+    """Every bad case above is this call with one thing broken (static formats: plus their scales)."""
+    fmt = FORMATS[fmt_name]
+    sc = dict(a1_scale=torch.tensor(0.01), a2_scale=torch.tensor(0.01)) if fmt.act is not None and fmt.act.static else {}
+    out = fused_experts(**_valid(fmt, **sc)).out
     assert out.shape == (T, H) and bool(torch.isfinite(out).all())
-    fused_experts(**_valid(FORMATS[fmt_name], lora=_lora(), token_lora=torch.tensor([0, 1, -1, 1]),
+    fused_experts(**_valid(fmt, **sc, lora=_lora(), token_lora=torch.tensor([0, 1, -1, 1]),
                            expert_map=torch.tensor([0, -1, 1, 2, 3, -1]), w13_bias=torch.zeros(E, 2 * I),
                            w2_bias=torch.zeros(E, H), topk_ids=torch.tensor([[0, 1], [2, 3], [4, 5], [1, 1]])))

@@ -10,7 +10,7 @@ import math
 import torch
 
 from moecheck.reference.formats import get_format
-from moecheck.reference.quantize import quantize
+from moecheck.reference.quantize import calibrate, quantize
 from moecheck.tests.reference._oracles import E2M1_VALUES, e2m1_decode, rne_on_grid
 
 SPEC = get_format("nvfp4").weight
@@ -104,3 +104,38 @@ def test_non_finite_slice_dequantizes_to_nan_only_in_its_slice():
     y = torch.ones(1, 1, 32)
     y[0, 0, 0] = math.inf
     assert torch.isnan(quantize(y, SPEC).dequantize()).all()
+
+
+# --- static (calibrated) global scale: what NVFP4 MoE kernels take as a1/a2 ---------------------
+
+ACT_SPEC = get_format("nvfp4").act
+
+
+def test_activation_spec_is_static_and_dynamic_variant_is_not():
+    assert ACT_SPEC.static and ACT_SPEC.rule.value == "nvfp4"
+    assert not get_format("nvfp4_dynamic").act.static
+
+
+def test_static_global_equal_to_the_dynamic_one_gives_the_same_bits():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 64, generator=g) * 7
+    dyn = quantize(x, get_format("nvfp4_dynamic").act)
+    st = quantize(x, ACT_SPEC, calibrate(x, ACT_SPEC))
+    assert torch.equal(st.global_scale, dyn.global_scale)
+    assert torch.equal(st.scales.view(torch.uint8), dyn.scales.view(torch.uint8))
+    assert torch.equal(st.codes, dyn.codes)
+
+
+def test_calibrate_is_amax_over_2688():
+    x = _row([2688.0 * 4, 1.0])
+    assert calibrate(x, ACT_SPEC).item() == 4.0
+    assert calibrate(torch.zeros(2, 16), ACT_SPEC).item() == 1.0  # nothing to calibrate on: unit scale
+
+
+def test_static_global_too_small_saturates_block_scale_and_codes():
+    # global 1/64 while the data wants 1: block scale e4m3(2688 / 6 * 64) saturates at 448, codes at 6
+    x = _row([2688.0, -1344.0, 448.0])
+    q = quantize(x, ACT_SPEC, torch.tensor(1 / 64))
+    assert q.global_scale.item() == 1 / 64 and q.scales.float().tolist() == [[448.0]]
+    vals = [e2m1_decode(c) for c in _codes(q)][:3]
+    assert vals == [6.0, -6.0, 6.0]  # 448 / (448 / 64) = 64 -> saturates too
