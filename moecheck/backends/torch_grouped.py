@@ -16,7 +16,8 @@ from moecheck.backends.problem import MoEProblem
 from moecheck.reference import activations as act_mod
 from moecheck.reference.moe import ACT, Rounding
 
-_BF16_ROUNDING = Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT)
+# the bias is added in torch after the grouped GEMM has stored its result in the activation dtype
+_BF16_ROUNDING = Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT, pre_bias=ACT)
 _ACTS = frozenset({"silu", "silu_up_gate", "gelu", "gelu_tanh", "swigluoai", "relu2"})
 
 

@@ -18,6 +18,7 @@ from moecheck.errmodel import budget_for, compare
 from moecheck.errmodel.compare import Comparison
 from moecheck.properties.case import Case, build, weight_block_rows
 from moecheck.properties.harness import run_backend
+from moecheck.reference.formats import get_format
 from moecheck.reference.padding import round_up
 
 
@@ -82,12 +83,18 @@ def output_contract(b: Backend, case: Case, device) -> Outcome:
     return Outcome("pass", "fully written, guards intact")
 
 
+def padded_sizes(b: Backend, case: Case) -> tuple[int, int]:
+    """(H', I') the padding property runs the backend at: past the sizes, on its alignments."""
+    cap, fmt = b.capability, get_format(case.format)
+    hp = round_up(case.hidden + 1, math.lcm(cap.hidden_align, fmt.k_multiple, 16))
+    ip = round_up(case.inter + 1, math.lcm(cap.inter_align, fmt.k_multiple, 16, weight_block_rows(fmt)))
+    return hp, ip
+
+
 def padded_equals_unpadded(b: Backend, case: Case, device) -> Outcome:
     """Pad H and I to the backend's alignment (and beyond); the unpadded reference is the truth."""
     p = build(case, device)
-    cap = b.capability
-    hp = round_up(case.hidden + 1, math.lcm(cap.hidden_align, p.fmt.k_multiple, 16))
-    ip = round_up(case.inter + 1, math.lcm(cap.inter_align, p.fmt.k_multiple, 16, weight_block_rows(p.fmt)))
+    hp, ip = padded_sizes(b, case)
     pp = build(case, device, pad_to=(hp, ip))
     run = run_backend(b, b.prepare(pp), pp)
     bad = _ran(b, run)

@@ -39,6 +39,7 @@ class Rounding:
     topk_weights: torch.dtype | None = None  # router weights cast before use
     topk_sum: torch.dtype = torch.float32  # accumulator of the k expert outputs, in slot order
     lora_mid: torch.dtype | None = None  # LoRA shrink output stored before the expand GEMM
+    pre_bias: torch.dtype | None = None  # GEMM result stored before an unfused bias add (both GEMMs)
 
 
 ACT_EVERYWHERE = Rounding(ACT, ACT, ACT, None, torch.float32, ACT)  # a typical 16-bit kernel
@@ -207,12 +208,14 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
 
     A = a[tok_rows]
     h = _grouped(A, W13, counts, _bf16_exact(A) and _bf16_exact(W13))
-    if b13 is not None:
-        h = h + b13.float().to(dev)[e_rows]
     var_h = None
     if track:
         vA = var_a[tok_rows] if isinstance(var_a, torch.Tensor) else None
         var_h = _grouped_var(A, vA, W13 * W13, counts, budget)
+    if b13 is not None:
+        if track:
+            var_h = var_h + round_var(h, rnd.pre_bias)
+        h = _rnd(h, rnd.pre_bias) + b13.float().to(dev)[e_rows]
     adapters = token_lora.to(dev).long()[tok_rows] if (lora is not None and token_lora is not None) else None
     if adapters is not None:
         g, u = lora_w13_delta(lora, xin.float()[tok_rows], e_rows, adapters, rnd.lora_mid)
@@ -242,9 +245,11 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         y = quantize(y, fmt.act, a2_scale).dequantize()
 
     o = _grouped(y, W2, counts, _bf16_exact(y) and _bf16_exact(W2))
-    if b2 is not None:
-        o = o + b2.float().to(dev)[e_rows]
     var_o = _grouped_var(y, var_y, W2 * W2, counts, budget) if track else None
+    if b2 is not None:
+        if track:
+            var_o = var_o + round_var(o, rnd.pre_bias)
+        o = _rnd(o, rnd.pre_bias) + b2.float().to(dev)[e_rows]
     if adapters is not None:
         d2 = lora_w2_delta(lora, y_lora_in.to(out_dtype), e_rows, adapters, rnd.lora_mid)
         o = o + d2
