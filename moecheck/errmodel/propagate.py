@@ -17,11 +17,13 @@ def gemm_var(a: torch.Tensor, var_a: torch.Tensor | None, w_sq: torch.Tensor, k:
 
     w_sq is w**2. Accumulating k products in another order with unit u: each partial-sum rounding
     is about u*|partial|; summed in quadrature over k steps this is u^2 * k/3 * sum(a^2 w^2).
+    A weight off by up to weight_rel relative (uniform) adds weight_rel^2/3 * sum(a^2 w^2).
     """
-    a, w_sq = a.double(), w_sq.double()  # float64 variances: fp32 squares of tiny values underflow to 0
-    v = (a * a) @ w_sq.T * (budget.acc_unit**2 * k / 3.0)
+    a, w_t = a.double(), w_sq.double().transpose(-1, -2)  # float64: fp32 squares of tiny values underflow to 0
+    unit = budget.acc_unit**2 * k / 3.0 + budget.weight_rel**2 / 3.0
+    v = (a * a) @ w_t * unit  # [.., R, K] @ [.., K, N]: one expert or a batch of them
     if var_a is not None:
-        v = v + var_a.double() @ w_sq.T
+        v = v + var_a.double() @ w_t
     return v
 
 

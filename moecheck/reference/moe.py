@@ -19,6 +19,7 @@ from moecheck.errors import require
 from moecheck.reference import activations as act_mod
 from moecheck.reference.activations import ActivationSpec
 from moecheck.reference.formats import Format
+from moecheck.reference.grouped import Groups, grouped_apply, grouped_mm
 from moecheck.reference.lora import MoELoRA, lora_w13_delta, lora_w2_delta
 from moecheck.reference.qtensor import QTensor
 from moecheck.reference.quantize import quantize
@@ -77,18 +78,9 @@ def _ieee_fp32():
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _grouped(a: torch.Tensor, w: torch.Tensor, counts: list[int], fast: bool) -> torch.Tensor:
+def _grouped(a: torch.Tensor, w: torch.Tensor, counts: list[int] | Groups, fast: bool) -> torch.Tensor:
     """Rows of `a` sorted by expert (counts per expert) times w[e].T, fp32 out."""
-    out = a.new_empty(a.shape[0], w.shape[1], dtype=torch.float32)
-    s = 0
-    for e, c in enumerate(counts):
-        if c:
-            if fast:
-                out[s:s + c] = torch.mm(a[s:s + c].to(torch.bfloat16), w[e].to(torch.bfloat16).T, out_dtype=torch.float32)
-            else:
-                out[s:s + c] = a[s:s + c] @ w[e].T
-            s += c
-    return out
+    return grouped_mm(a, w, counts if isinstance(counts, Groups) else Groups(counts, a.device), fast)
 
 
 def _rnd(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -204,14 +196,14 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     order = torch.argsort(flat[valid], stable=True)
     e_rows, slot_rows = flat[valid][order], slot[valid][order]
     tok_rows = slot_rows // k
-    counts = torch.bincount(e_rows, minlength=E).tolist()
+    groups = Groups(torch.bincount(e_rows, minlength=E).tolist(), dev)
 
     A = a[tok_rows]
-    h = _grouped(A, W13, counts, _bf16_exact(A) and _bf16_exact(W13))
+    h = _grouped(A, W13, groups, _bf16_exact(A) and _bf16_exact(W13))
     var_h = None
     if track:
         vA = var_a[tok_rows] if isinstance(var_a, torch.Tensor) else None
-        var_h = _grouped_var(A, vA, W13 * W13, counts, budget)
+        var_h = _grouped_var(A, vA, W13 * W13, groups, budget)
     if b13 is not None:
         if track:
             var_h = var_h + round_var(h, rnd.pre_bias)
@@ -244,8 +236,8 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
             var_y = var_y + requant_var(y, var_y.sqrt(), fmt.act, a2_scale, budget, budget.inter_quant_steps)
         y = quantize(y, fmt.act, a2_scale).dequantize()
 
-    o = _grouped(y, W2, counts, _bf16_exact(y) and _bf16_exact(W2))
-    var_o = _grouped_var(y, var_y, W2 * W2, counts, budget) if track else None
+    o = _grouped(y, W2, groups, _bf16_exact(y) and _bf16_exact(W2))
+    var_o = _grouped_var(y, var_y, W2 * W2, groups, budget) if track else None
     if b2 is not None:
         if track:
             var_o = var_o + round_var(o, rnd.pre_bias)
@@ -292,15 +284,8 @@ def _act_fn_scale(h, y, act: ActivationSpec) -> torch.Tensor:
     return torch.maximum(y.abs(), 0.5 * (g * u).abs())
 
 
-def _grouped_var(a, var_a, w_sq, counts, budget):
-    out = a.new_empty(a.shape[0], w_sq.shape[1], dtype=torch.float64)
-    s = 0
-    for e, c in enumerate(counts):
-        if c:
-            va = var_a[s:s + c] if var_a is not None else None
-            out[s:s + c] = gemm_var(a[s:s + c], va, w_sq[e], w_sq.shape[2], budget)
-            s += c
-    return out
+def _grouped_var(a, var_a, w_sq, groups: Groups, budget):
+    return grouped_apply(lambda x, v, w: gemm_var(x, v, w, w_sq.shape[2], budget), groups, w_sq, a, var_a)
 
 
 def fused_moe(hidden_states: torch.Tensor, router_logits: torch.Tensor, w13, w2, *, router: RouterSpec,
