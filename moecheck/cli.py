@@ -21,14 +21,17 @@ def _backends(args) -> int:
     from moecheck.backends import registry
 
     bs = registry.load_all(tuple(args.plugin))
-    print(f"{'backend':26s} {'status':12s} {'where / why':44s} formats")
+    w = max([26, *map(len, bs)]) + 1
+    print(f"{'backend':{w}s} {'status':12s} {'where / why':44s} formats")
     for name, b in sorted(bs.items()):
         av = b.availability()
         verified = "" if b.capability.verified else "  [not verified on hardware]"
         fm = ",".join(sorted(b.capability.formats)) or "-"
         fm = fm if len(fm) < 70 else fm[:67] + "..."
-        print(f"{name:26s} {'available' if av.ok else 'unavailable':12s} {av.reason[:44]:44s} {fm}{verified}")
+        print(f"{name:{w}s} {'available' if av.ok else 'unavailable':12s} {av.reason[:44]:44s} {fm}{verified}")
         if args.verbose:
+            for v in b.capability.verified:
+                print(f"    verified: {v}")
             for lim in b.capability.limitations:
                 print(f"    limitation: {lim.text} {lim.link}")
     return 0
@@ -174,6 +177,9 @@ def parser() -> argparse.ArgumentParser:
         results_cli.register(sub)
     except ImportError:
         pass
+    from moecheck.e2e import cli as e2e_cli
+
+    e2e_cli.register(sub)
     return ap
 
 

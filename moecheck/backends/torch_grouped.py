@@ -88,7 +88,7 @@ BACKENDS = [
             weights_on_input=True, out_buffer=True,
             hidden_align=8, inter_align=8,  # mat strides must be 16-byte multiples (2-byte elements)
             rounding=_BF16_ROUNDING, limitations=(_CUDA_GMM,),
-            verified=("CPU torch 2.13.0",)),
+            verified=("CPU torch 2.13.0", "H100 sm_90, torch 2.11 (2026-11-23): bf16, fp16")),
         spies=("torch:_grouped_mm",)),
     ScaledGroupedMM(
         name="torch_scaled_grouped_mm",
