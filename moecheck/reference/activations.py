@@ -136,14 +136,16 @@ def _halves(h: Tensor, spec: ActivationSpec) -> tuple[Tensor, Tensor]:
     return tuple(t.float().contiguous() for t in split_gate_up(h, spec))
 
 
-def apply(h: Tensor, spec: ActivationSpec) -> Tensor:
-    """GEMM1 output [..., 2I] (gated) or [..., I] (ungated) -> [..., I] float32."""
+def apply(h: Tensor, spec: ActivationSpec, gate_dtype: torch.dtype | None = None) -> Tensor:
+    """GEMM1 output [..., 2I] (gated) or [..., I] (ungated) -> [..., I] float32. gate_dtype: f(gate)
+    is stored in that dtype before the multiply by up (vLLM's silu_and_mul rounds it to bf16)."""
     _check(h, spec)
     k = _KINDS[spec.kind]
     if not spec.gated:
         return k.f(h.float().contiguous(), spec)
     gate, up = _halves(h, spec)
-    return k.f(gate, spec) * k.up(up, spec)
+    f = k.f(gate, spec)
+    return (f if gate_dtype is None else f.to(gate_dtype).float()) * k.up(up, spec)
 
 
 def partials(h: Tensor, spec: ActivationSpec) -> tuple[Tensor, Tensor | None]:

@@ -41,6 +41,7 @@ class Rounding:
     topk_sum: torch.dtype = torch.float32  # accumulator of the k expert outputs, in slot order
     lora_mid: torch.dtype | None = None  # LoRA shrink output stored before the expand GEMM
     pre_bias: torch.dtype | None = None  # GEMM result stored before an unfused bias add (both GEMMs)
+    act_gate: torch.dtype | None = None  # gated activations: f(gate) stored before the multiply by up
 
 
 ACT_EVERYWHERE = Rounding(ACT, ACT, ACT, None, torch.float32, ACT)  # a typical 16-bit kernel
@@ -219,7 +220,8 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         var_h = var_h + round_var(h, rnd.gemm1_out)
     h = _rnd(h, rnd.gemm1_out)
 
-    y = act_mod.apply(h, act)
+    y_exact = act_mod.apply(h, act)
+    y = act_mod.apply(h, act, rnd.act_gate) if act.gated and rnd.act_gate is not None else y_exact
     var_y = None
     if track:
         dg, du = act_mod.partials(h, act)
@@ -229,6 +231,8 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         else:
             var_y = dg * dg * var_h
         var_y = var_y + (budget.act_fn_rel * _act_fn_scale(h, y, act).double()) ** 2 / 3.0 + round_var(y, rnd.act_out)
+        if act.gated:  # rounding f(gate) by u moves f(gate) * up by the same relative amount
+            var_y = var_y + round_var(y_exact, rnd.act_gate)
     y = _rnd(y, rnd.act_out)
     y_lora_in = y
     if fmt.act is not None and y.shape[0]:

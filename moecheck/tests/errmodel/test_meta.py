@@ -18,7 +18,7 @@ import torch
 from moecheck.errmodel import budget_for, compare
 from moecheck.reference.activations import ACTIVATIONS
 from moecheck.reference.formats import FORMATS
-from moecheck.reference.moe import ACT_EVERYWHERE, Rounding, fused_experts
+from moecheck.reference.moe import ACT, ACT_EVERYWHERE, Rounding, fused_experts
 from moecheck.reference.qtensor import QTensor
 from moecheck.reference.routing import RouterSpec
 from moecheck.reference.spec import ScaleRule
@@ -78,6 +78,22 @@ def test_accepts_the_reference_computed_another_way(fmt_name):
         worst["fp32_vs_declared_act"] = max(worst.get("fp32_vs_declared_act", 0.0), c.max_norm_err)
         assert c.passed, f"fp32 vs declared ACT_EVERYWHERE seed {cfg['seed']}: {c.summary()}"
     print(fmt_name, {k: round(v, 3) for k, v in worst.items()})
+
+
+VLLM_LIKE = Rounding(ACT, ACT, ACT, None, torch.float32, ACT, act_gate=ACT)  # silu(gate) stored in bf16 too
+
+
+@pytest.mark.parametrize("fmt_name", ["bf16", "fp8_block", "int4_w_g32", "mxfp4_mxfp8"])
+def test_gate_rounding_point_is_accepted_both_ways(fmt_name):
+    """A kernel that stores f(gate) before the multiply, judged by a record that declares it, and the
+    reference without that rounding judged by the same bound: both inside."""
+    budget = budget_for(fmt_name, BACKEND)
+    for cfg in CONFIGS[:3]:
+        p = _problem(FORMATS[fmt_name], cfg)
+        declared = fused_experts(**p, rounding=VLLM_LIKE, budget=budget)
+        for other in (ACT_EVERYWHERE, Rounding()):
+            c = compare(fused_experts(**p, rounding=other).out, declared.out, declared.bound)
+            assert c.passed, f"seed {cfg['seed']} {other}: {c.summary()}"
 
 
 # cases the error model once failed to accept, kept as regressions: (format, activation, seed, fp32 input,
