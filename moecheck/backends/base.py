@@ -38,6 +38,7 @@ class Capability:
     hidden_align: int = 1
     inter_align: int = 1
     max_tokens: int | None = None
+    min_tokens: int = 0  # below this the library returns before any kernel launch: nothing a spy could see
     max_experts: int | None = None
     max_top_k: int | None = None
     rounding: Rounding = Rounding()  # where the kernel rounds: the reference mirrors it
@@ -61,6 +62,7 @@ class Capability:
             (p.hidden % self.hidden_align == 0, f"hidden {p.hidden} not a multiple of {self.hidden_align}"),
             (p.inter % self.inter_align == 0, f"intermediate {p.inter} not a multiple of {self.inter_align}"),
             (self.max_tokens is None or p.tokens <= self.max_tokens, f"more than {self.max_tokens} tokens"),
+            (p.tokens >= self.min_tokens, f"fewer than {self.min_tokens} tokens"),
             (self.max_experts is None or p.experts <= self.max_experts, f"more than {self.max_experts} experts"),
             (self.max_top_k is None or p.top_k <= self.max_top_k, f"top_k above {self.max_top_k}"),
         ]

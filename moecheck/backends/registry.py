@@ -16,7 +16,8 @@ from moecheck.errors import require
 
 ENTRY_POINT_GROUP = "moecheck.backends"
 ENV_VAR = "MOECHECK_PLUGINS"
-BUILTIN_MODULES = ("moecheck.backends.cpu_loop", "moecheck.backends.torch_grouped", "moecheck.backends.torch_compile")
+BUILTIN_MODULES = ("moecheck.backends.cpu_loop", "moecheck.backends.torch_grouped", "moecheck.backends.torch_compile", "moecheck.backends.vllm",
+                   "moecheck.backends.flashinfer")
 
 _REGISTRY: dict[str, Backend] = {}
 _LOADED: set[str] = set()

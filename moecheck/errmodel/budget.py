@@ -10,6 +10,8 @@ is z * sqrt(variance) + floor. Terms (each derived from the arithmetic, not fitt
     measured by re-quantizing perturbed inputs (propagate.requant_var), not assumed everywhere.
   - each rounding point to a narrow dtype (bf16/fp16): half an ulp either side, both sides.
   - the activation function evaluated with a fast exp/tanh: `act_fn_rel` relative.
+  - weights whose scales a kernel stores in a narrower dtype (e.g. bf16 group scales): every
+    dequantized weight off by up to `weight_rel` relative, charged in each GEMM like the inputs' error.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class ErrorBudget:
     inter_quant_steps: float = 1.0  # multiplier on the measured re-quantization flips
     act_fn_rel: float = 2.0**-20  # relative error of the backend's activation function
     lora_rel: float = 0.0  # extra relative slack on the LoRA delta (bf16 shrink output)
+    weight_rel: float = 0.0  # relative rounding of each dequantized weight by the kernel's own scale storage
     flip_sigmas: float = 2.0  # element code flips are charged out to this many sigma from a boundary
 
     def merge(self, other: "ErrorBudget") -> "ErrorBudget":

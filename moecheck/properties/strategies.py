@@ -45,7 +45,8 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
     k_max = min(experts, cap.max_top_k or experts, 8)
     on_input = cap.weights_on_input and draw(st.integers(0, 9)) == 0
     top_k = 1 if on_input else draw(st.integers(1, k_max))
-    tokens = draw(st.one_of(st.sampled_from([0, 1, 2]), st.integers(0, min(t_max, cap.max_tokens or t_max))))
+    t_hi = max(min(t_max, cap.max_tokens or t_max), cap.min_tokens)
+    tokens = draw(st.one_of(st.sampled_from([0, 1, 2]), st.integers(0, t_hi)).map(lambda t: max(t, cap.min_tokens)))
     acts = sorted(a for a in cap.activations if a in ACTIVATIONS)
     lora_ok = cap.lora and prop != "padded_equals_unpadded"
     return Case(
@@ -71,6 +72,7 @@ def fit(case: Case, backend: Backend) -> Case:
     act = case.activation if case.activation in cap.activations else sorted(cap.activations)[0]
     dtype = case.dtype if any(str(d).endswith(case.dtype) for d in cap.dtypes) else str(sorted(cap.dtypes, key=str)[0]).replace("torch.", "")
     return case.with_(
+        tokens=max(case.tokens, cap.min_tokens),
         hidden=up(case.hidden, hal), inter=up(case.inter, ial), activation=act, dtype=dtype,
         ep_remote=case.ep_remote if cap.expert_map else 0, bias=case.bias and cap.bias,
         lora_adapters=case.lora_adapters if cap.lora else 0,

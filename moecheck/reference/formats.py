@@ -58,6 +58,8 @@ _FORMATS: list[Format] = [
     Format("fp8_e5m2_tensor", _q("e5m2", PER_TENSOR), _q("e5m2", PER_TENSOR), doc="FP8 e5m2 per-tensor"),
     Format("fp8_token_channel", _q("e4m3", PER_ROW), _q("e4m3", PER_ROW),
            doc="FP8 e4m3, per-output-channel weights, dynamic per-token activations"),
+    Format("fp8_w_channel", _q("e4m3", PER_ROW), None,
+           doc="FP8 e4m3 per-output-channel weights x unquantized activations (weight-only W8A16: Marlin FP8)"),
     Format("fp8_block", _q("e4m3", (128, 128)), _q("e4m3", (1, 128)),
            doc="DeepSeek-V3 FP8: 128x128 weight blocks, 1x128 activation groups, fp32 scales"),
     Format("fp8_block_ue8m0", _q("e4m3", (128, 128), rule=ScaleRule.UE8M0), _q("e4m3", (1, 128), rule=ScaleRule.UE8M0),
