@@ -177,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
         results_cli.register(sub)
     except ImportError:
         pass
-    from moecheck.e2e import cli as e2e_cli
+    from moecheck.e2e import cli as e2e_cli  # stdlib-only at import: lm-eval is imported when a gate runs
 
     e2e_cli.register(sub)
     return ap

@@ -29,13 +29,19 @@ def dispatch(p: MoEProblem) -> Routed:
 
 
 def combine(o: torch.Tensor, r: Routed, p: MoEProblem, out: torch.Tensor | None) -> torch.Tensor:
-    """Weighted sum of the k expert outputs per token in fp32, then cast (vLLM moe_sum order)."""
-    T, H = p.tokens, p.hidden
+    """Weighted sum of the k expert outputs per token in fp32, in slot order, then cast (vLLM moe_sum
+    order). Rows go to their (token, slot) place first: an index_add_ would sum with CUDA atomics in
+    whatever order they land, which broke bitwise reruns on the H200 (docs/findings/h200-2026-12-01)."""
+    T, H, k = p.tokens, p.hidden, p.top_k
     w = p.topk_weights.float().flatten()[r.slot]
     if p.apply_router_weight_on_input:
         w = torch.ones_like(w)
-    acc = torch.zeros(T, H, device=o.device, dtype=torch.float32)
-    acc.index_add_(0, r.tok, o.float() * w[:, None])
+    buf = torch.zeros(T * k, H, device=o.device, dtype=torch.float32)
+    buf[r.slot] = o.float() * w[:, None]  # slots are unique: a plain scatter, no accumulation
+    buf = buf.view(T, k, H)
+    acc = buf[:, 0].clone()
+    for j in range(1, k):
+        acc += buf[:, j]
     res = acc.to(p.hidden_states.dtype)
     if out is None:
         return res

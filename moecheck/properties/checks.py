@@ -129,7 +129,7 @@ def _claimed(ok: bool, claim: bool, what: str, detail: str) -> Outcome:
         return Outcome("pass", detail)
     if claim:
         return Outcome("fail", f"record claims {what}, but {detail}")
-    return Outcome("skip", f"not claimed by the record; observed: {detail}")
+    return Outcome("skip", f"not claimed by the record; observed: {detail}", info={"unclaimed": True})
 
 
 def deterministic(b: Backend, case: Case, device) -> Outcome:
