@@ -97,7 +97,8 @@ def pytest_runtest_logreport(report):
     if rec is None:
         if "test_property[" not in report.nodeid:
             return
-        b, f, p = report.nodeid.split("[", 1)[1].rstrip("]").split("-", 2)
+        inner = report.nodeid.split("[", 1)[1].rstrip("]")
+        b, f, p = (inner.removesuffix("-unavailable"), "-", "-") if inner.endswith("-unavailable") else inner.split("-", 2)
         rec = {"backend": b, "format": f, "property": p, "max_norm_err": None}
     import json
     from pathlib import Path

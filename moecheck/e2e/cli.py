@@ -48,12 +48,13 @@ def _table(gates) -> str:
         if g.verdict == "skip" and seen_skips[key] > 1:
             if key not in printed:
                 printed.add(key)
-                lines.append(f"{g.config[:18]:18s} {'*':18s} {'*':26s} skip    ({seen_skips[key]} gates)  {g.message[:150]}")
+                lines.append(f"{g.config[:18]:18s} {'*':18s} {'*':26s} skip    ({seen_skips[key]} gates)  {g.message}")
             continue
         r = g.result
         nums = (f"{r.accuracy:6.3f} {r.reference_accuracy:6.3f} {r.n:4d} {r.b:3d} {r.c:3d} {r.p_value:8.2g}" if r
                 else f"{'-':>6s} {'-':>6s} {g.n or '-':>4} {'-':>3s} {'-':>3s} {'-':>8s}")
-        note = "" if g.verdict == "pass" else g.message[:110]
+        # a skip's reason is short and the whole point: never cut (a long path must not hide it)
+        note = "" if g.verdict == "pass" else g.message if g.verdict == "skip" else g.message[:110]
         lines.append(f"{g.config[:18]:18s} {g.format[:18]:18s} {g.backend[:26]:26s} {g.verdict:7s} {nums} {g.wall_s:5.0f}s  {note}")
     return "\n".join(lines)
 

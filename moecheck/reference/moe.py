@@ -61,11 +61,13 @@ class MoEResult:
 
 
 def _deq(w) -> torch.Tensor:
-    return w.dequantize() if isinstance(w, QTensor) else w.float()
+    """Dequantized weights; plain bf16/fp16/fp32 weights stay in their dtype (every value is exact
+    in fp32 anyway, and an fp32 copy of E experts costs the GPU more than the GEMMs themselves)."""
+    return w.dequantize() if isinstance(w, QTensor) else w
 
 
 def _bf16_exact(t: torch.Tensor) -> bool:
-    return t.is_cuda and bool(torch.equal(t.to(torch.bfloat16).float(), t))
+    return t.is_cuda and (t.dtype == torch.bfloat16 or bool(torch.equal(t.to(torch.bfloat16).float(), t.float())))
 
 
 @contextlib.contextmanager
@@ -204,7 +206,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     var_h = None
     if track:
         vA = var_a[tok_rows] if isinstance(var_a, torch.Tensor) else None
-        var_h = _grouped_var(A, vA, W13 * W13, groups, budget)
+        var_h = _grouped_var(A, vA, W13.float().square(), groups, budget)
     if b13 is not None:
         if track:
             var_h = var_h + round_var(h, rnd.pre_bias)
@@ -241,7 +243,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         y = quantize(y, fmt.act, a2_scale).dequantize()
 
     o = _grouped(y, W2, groups, _bf16_exact(y) and _bf16_exact(W2))
-    var_o = _grouped_var(y, var_y, W2 * W2, groups, budget) if track else None
+    var_o = _grouped_var(y, var_y, W2.float().square(), groups, budget) if track else None
     if b2 is not None:
         if track:
             var_o = var_o + round_var(o, rnd.pre_bias)
