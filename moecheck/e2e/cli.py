@@ -101,6 +101,10 @@ def e2e(args: argparse.Namespace) -> int:
         runner = ConfigRunner(cfg, out, limit=args.limit)
         gates += runner.run(tuple(args.format) or None, tuple(args.backend) or None)
     print(_table(gates))
+    paths = {cfg.name: cfg.path for cfg in configs}
+    for g in gates:
+        if g.verdict in ("fail", "error"):
+            print(f"{g.verdict} {g.config} / {g.format} / {g.backend}, reproduce: {_repro(args, paths.get(g.config, g.config), g)}")
     out.mkdir(parents=True, exist_ok=True)
     with (out / "summary.jsonl").open("w") as f:
         for g in gates:
@@ -116,6 +120,18 @@ def e2e(args: argparse.Namespace) -> int:
     if store:
         print(f"stored as run {_store(store, gates, ' '.join(['moecheck', *sys.argv[1:]]), args.attach)} in {store}")
     return 1 if counts["fail"] or counts["error"] else 0
+
+
+def _repro(args: argparse.Namespace, config, g) -> str:
+    """The one command that reruns exactly this gate."""
+    import shlex
+
+    parts = ["moecheck", "e2e", "--config", str(config), "--format", g.format, "--backend", g.backend]
+    for mod in args.plugin:
+        parts += ["--plugin", mod]
+    if args.limit:
+        parts += ["--limit", str(args.limit)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _guarded(args: argparse.Namespace) -> int:

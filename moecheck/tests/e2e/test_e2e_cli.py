@@ -165,3 +165,7 @@ def test_a_broken_plugin_backend_exits_1_naming_backend_format_and_questions(tmp
     fail = [line for line in cap.err.splitlines() if line.startswith("FAIL ")]
     assert len(fail) == 1 and "tiny_qwen3_moe / bf16 / e2e_broken_swapped_gate_up" in fail[0]
     assert "Discordant questions: #" in fail[0] and "fail" in cap.out
+    (repro,) = [line for line in cap.out.splitlines() if "reproduce: " in line]
+    cmd = repro.split("reproduce: ", 1)[1]
+    assert cmd.startswith("moecheck e2e --config ") and "tiny_qwen3_moe.toml --format bf16 --backend e2e_broken_swapped_gate_up" in cmd
+    assert "--plugin moecheck.tests.e2e.broken_backends --limit 40" in cmd
