@@ -28,10 +28,11 @@ def dispatch(p: MoEProblem) -> Routed:
     return Routed(slots // p.top_k, slots, expert, torch.cumsum(counts, 0).to(torch.int32))
 
 
-def combine(o: torch.Tensor, r: Routed, p: MoEProblem, out: torch.Tensor | None) -> torch.Tensor:
-    """Weighted sum of the k expert outputs per token in fp32, in slot order, then cast (vLLM moe_sum
-    order). Rows go to their (token, slot) place first: an index_add_ would sum with CUDA atomics in
-    whatever order they land, which broke bitwise reruns on the H200 (docs/findings/h200-2026-12-01)."""
+def weighted_sum(o: torch.Tensor, r: Routed, p: MoEProblem) -> torch.Tensor:
+    """fp32 [T, H]: the k expert rows of each token times their router weights, summed in slot order
+    (vLLM moe_sum order). Rows go to their (token, slot) place first: an index_add_ would sum with
+    CUDA atomics in whatever order they land, which broke bitwise reruns on the H200
+    (docs/findings/h200-2026-12-01)."""
     T, H, k = p.tokens, p.hidden, p.top_k
     w = p.topk_weights.float().flatten()[r.slot]
     if p.apply_router_weight_on_input:
@@ -42,7 +43,12 @@ def combine(o: torch.Tensor, r: Routed, p: MoEProblem, out: torch.Tensor | None)
     acc = buf[:, 0].clone()
     for j in range(1, k):
         acc += buf[:, j]
-    res = acc.to(p.hidden_states.dtype)
+    return acc
+
+
+def combine(o: torch.Tensor, r: Routed, p: MoEProblem, out: torch.Tensor | None) -> torch.Tensor:
+    """weighted_sum cast to the activation dtype, into `out` when given."""
+    res = weighted_sum(o, r, p).to(p.hidden_states.dtype)
     if out is None:
         return res
     out.copy_(res)

@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from moecheck.backends.base import Capability, Limitation
-from moecheck.backends.dispatch import dispatch
+from moecheck.backends.dispatch import dispatch, weighted_sum
 from moecheck.backends.flashinfer import common as C
 from moecheck.backends.problem import MoEProblem
 from moecheck.errors import require
 from moecheck.reference import activations as act_mod
+from moecheck.reference.grouped import loop_mm
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.moe import ACT, Rounding
 
@@ -57,16 +58,6 @@ def _zero_lora(p: MoEProblem) -> tuple[MoELoRA, torch.Tensor]:
     E, H, I = p.experts, p.hidden, p.inter
     z = lambda *s: torch.zeros(1, E, *s, device=p.device)  # noqa: E731
     return MoELoRA(z(1, H), z(I, 1), z(1, H), z(I, 1), z(1, I), z(H, 1)), torch.full((p.tokens,), -1, dtype=torch.int64, device=p.device)
-
-
-def _grouped(a: torch.Tensor, w: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    out = a.new_empty(a.shape[0], w.shape[1], dtype=torch.float32)
-    s = 0
-    for e, c in enumerate(counts):
-        if c:
-            out[s:s + c] = a[s:s + c].float() @ w[e].float().T
-            s += c
-    return out
 
 
 @dataclass
@@ -104,15 +95,14 @@ class BgmvMoELoRA(C.FlashInferBackend):
             F.pad(p.hidden_states, (0, hp - p.hidden)), pa, sa, pb, sb, p.topk_ids, w["lora_ids"], w["rank"], ip,
             lora_dtype=LORA_DTYPE, scale=w["scaling"], out_dtype=torch.float32)
         d = d13.reshape(p.tokens * p.top_k, 2 * ip)[r.slot]
-        h = _grouped(p.hidden_states[r.tok], w["w13"], counts) + act_mod.join_gate_up(d[:, :I], d[:, ip:ip + I], act)
+        h = loop_mm(p.hidden_states[r.tok], w["w13"], counts, fast=False) + act_mod.join_gate_up(d[:, :I], d[:, ip:ip + I], act)
         if p.w13_bias is not None:
             h = h + p.w13_bias.float()[r.expert]
         y = act_mod.apply(h.to(dt), act).to(dt)  # gemm1_out and act_out rounded to the activation dtype
-        o = _grouped(y, w["w2"], counts)
+        o = loop_mm(y, w["w2"], counts, fast=False)
         if p.w2_bias is not None:
             o = o + p.w2_bias.float()[r.expert]
-        acc = torch.zeros(p.tokens, p.hidden, dtype=torch.float32, device=p.device)
-        acc.index_add_(0, r.tok, o * p.topk_weights.float().flatten()[r.slot][:, None])
+        acc = weighted_sum(o, r, p)
         perm = torch.full((p.tokens * p.top_k,), -1, dtype=torch.int64, device=p.device)
         perm[r.slot] = torch.arange(r.slot.numel(), device=p.device)
         (qa, ta), (qb, tb) = w["tables"]["a2"], w["tables"]["b2"]
