@@ -1,0 +1,70 @@
+"""Backend registry: built-ins, entry-point plugins, and modules named at run time.
+
+An out-of-tree backend is one file: a module that calls `moecheck.backends.register(...)` (or
+defines BACKENDS = [...]) and is named by the entry-point group `moecheck.backends`, by
+MOECHECK_PLUGINS=mod1,mod2, or by `--moecheck-plugin mod` / `moecheck run --plugin mod`.
+A plugin that fails to import is listed as unavailable with its error, never silently dropped.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import entry_points
+
+from moecheck.backends.base import Availability, Backend, Capability
+from moecheck.reference.errors import require
+
+ENTRY_POINT_GROUP = "moecheck.backends"
+ENV_VAR = "MOECHECK_PLUGINS"
+BUILTIN_MODULES = ("moecheck.backends.cpu_loop", "moecheck.backends.torch_grouped", "moecheck.backends.torch_compile", "moecheck.backends.vllm",
+                   "moecheck.backends.flashinfer")
+
+_REGISTRY: dict[str, Backend] = {}
+_LOADED: set[str] = set()
+
+
+def register(backend: Backend) -> Backend:
+    require(isinstance(backend, Backend), f"register() needs a moecheck.backends.Backend, got {type(backend).__name__}")
+    require(backend.name not in _REGISTRY or _REGISTRY[backend.name] is backend, f"backend name {backend.name!r} registered twice")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+class _Broken(Backend):
+    def __init__(self, name: str, why: str):
+        super().__init__(name=name, capability=Capability(formats=frozenset()), description=why)
+
+    def availability(self) -> Availability:
+        return Availability(False, self.description)
+
+
+def _load_module(mod: str) -> None:
+    if mod in _LOADED:
+        return
+    _LOADED.add(mod)
+    try:
+        m = importlib.import_module(mod)
+    except Exception as e:  # a broken plugin must show up, with why, not vanish
+        register(_Broken(f"plugin:{mod}", f"import failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        return
+    for b in getattr(m, "BACKENDS", ()):
+        if b.name not in _REGISTRY:
+            register(b)
+
+
+def plugin_modules(extra: tuple[str, ...] = ()) -> list[str]:
+    env = [m.strip() for m in os.environ.get(ENV_VAR, "").split(",") if m.strip()]
+    eps = [ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    return list(dict.fromkeys([*eps, *env, *extra]))
+
+
+def load_all(extra: tuple[str, ...] = ()) -> dict[str, Backend]:
+    for mod in (*BUILTIN_MODULES, *plugin_modules(extra)):
+        _load_module(mod)
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> Backend:
+    load_all()
+    require(name in _REGISTRY, f"unknown backend {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

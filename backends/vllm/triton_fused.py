@@ -1,0 +1,233 @@
+"""vLLM's Triton fused MoE (`fused_experts`) with the quantization it dispatches to, one backend per family.
+
+vLLM 0.24.0 source read for this file (`vllm/model_executor/layers/fused_moe/`):
+  - `fused_moe.py: fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, activation:
+    MoEActivation = SILU, apply_router_weight_on_input=False, global_num_experts=-1, expert_map=None,
+    quant_config: FusedMoEQuantConfig | None = None) -> Tensor`: no `inplace`/`output` argument in
+    0.24 (the result is a new tensor: `out_hidden_states = torch.empty_like(hidden_states)`), so no
+    out_buffer. Quantization is passed only as a FusedMoEQuantConfig built by the helpers in
+    `config.py` (`fp8_w8a8_moe_quant_config`, `int8_w8a8_moe_quant_config`,
+    `int4_w4a16_moe_quant_config`, `int8_w8a16_moe_quant_config`, `biased_moe_quant_config`).
+  - `fused_experts_impl`: `ocp_mx_scheme` raises NotImplementedError ("use
+    OCP_MXQuantizationEmulationTritonExperts"): the MX paths are modular only (modular.py).
+  - Rounding (`fused_moe_kernel`): fp32 accumulator x scales (+ bias) [x router weight on GEMM2],
+    then `accumulator.to(compute_type)` (bf16/fp16) into intermediate_cache1/3;
+    `apply_moe_activation` -> `torch.ops._C.silu_and_mul` (silu(gate) rounded to bf16 before the
+    multiply, docs/rounding.md section 11); `ops.moe_sum` (top-k 2..4: scalar_t accumulator).
+  - WNA16 (`fused_moe_kernel_gptq_awq`, `invoke_fused_moe_wna16_cuda_kernel` -> `ops.moe_wna16_gemm`
+    when tokens*k/E <= 6 and 4-bit): layouts in layouts.py; no bias (`assert B_bias is None`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from moecheck.backends.base import Capability, Limitation
+from moecheck.backends.problem import MoEProblem
+from moecheck.backends.vllm import layouts as L
+from moecheck.backends.vllm.versions import VllmBackend, vmod
+from moecheck.reference.errors import require
+from moecheck.reference.moe import ACT, Rounding
+
+FUSED_MOE = "vllm.model_executor.layers.fused_moe.fused_moe"
+CONFIG = "vllm.model_executor.layers.fused_moe.config"
+ACTIVATION = "vllm.model_executor.layers.fused_moe.activation"
+
+# moecheck activation preset -> vLLM MoEActivation member (activation.py). relu2 is ungated: *_NO_MUL.
+VLLM_ACTIVATION = {"silu": "SILU", "gelu": "GELU", "gelu_tanh": "GELU_TANH", "swigluoai": "SWIGLUOAI",
+                   "relu2": "RELU2_NO_MUL"}
+
+# bf16 GEMM1 out; silu_and_mul / gelu_and_mul store f(gate) in the activation dtype before the multiply
+# (act_gate; swigluoai_and_mul does not, which the both-sides charge covers); bf16 activation out; bf16
+# per-expert GEMM2 out; moe_sum in the activation dtype
+TRITON_ROUNDING = Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT, topk_sum=ACT, act_gate=ACT)
+FP8_ARCHS = frozenset({(8, 9), (9, 0), (10, 0), (12, 0)})  # Triton fp8 tl.dot needs sm_89+
+
+LIM_ROUTER_ON_INPUT = Limitation(
+    "apply_router_weight_on_input multiplies the GEMM1 accumulator by the weight (MUL_ROUTED_WEIGHT), "
+    "after the input was quantized; moecheck's reference scales the input first: not claimed")
+LIM_WNA16_SCALES = Limitation(
+    "group scales are handed over in the activation dtype (MoeWNA16Method's params_dtype; the CUDA path "
+    "requires it): moecheck's fp32 scales are rounded there, charged as weight_rel in reference/errmodel/table.py")
+LIM_MOE_SUM = Limitation(
+    "ops.moe_sum accumulates top-k 2..4 in the activation dtype; other k use at::sum_out (fp32)",
+    "vllm csrc/moe/moe_align_sum_kernels.cu")
+
+
+def moe_activation(name: str):
+    require(name in VLLM_ACTIVATION, f"vLLM fused MoE has no activation for moecheck preset {name!r}")
+    return vmod(ACTIVATION).MoEActivation[VLLM_ACTIVATION[name]]
+
+
+def routing_args(p: MoEProblem) -> dict:
+    """topk ids as int32 (vLLM routers' dtype), fp32 weights, EP map as int32."""
+    em = None if p.expert_map is None else p.expert_map.to(torch.int32).contiguous()
+    return dict(topk_weights=p.topk_weights.float().contiguous(), topk_ids=p.topk_ids.to(torch.int32).contiguous(),
+                global_num_experts=p.expert_map.numel() if em is not None else p.experts, expert_map=em)
+
+
+def _bias(p: MoEProblem) -> dict:
+    """fp32 biases: the kernel adds them to its fp32 accumulator whatever their dtype; checkpoints keep
+    them in the activation dtype, which would round moecheck's fp32 biases before the comparison."""
+    return dict(w1_bias=None if p.w13_bias is None else p.w13_bias.float().contiguous(),
+                w2_bias=None if p.w2_bias is None else p.w2_bias.float().contiguous())
+
+
+# ---- per-format weight conversion and quant-config arguments (records, not branches) ----
+
+def _plain(p):
+    dt = p.hidden_states.dtype
+    return p.w13.to(dt).contiguous(), p.w2.to(dt).contiguous(), {}
+
+
+def _fp8_per_expert(p):
+    E = p.experts
+    return p.w13.codes, p.w2.codes, dict(w1_scale=p.w13.scales.reshape(E).float(), w2_scale=p.w2.scales.reshape(E).float())
+
+
+def _fp8_static(p):
+    w1, w2, kw = _fp8_per_expert(p)
+    return w1, w2, dict(kw, a1_scale=p.a1_scale.reshape(1).float(), a2_scale=p.a2_scale.reshape(1).float())
+
+
+def _per_channel(p):  # weight scales [E, N, 1] fp32: the kernel reads stride(0)/stride(1)
+    return p.w13.codes, p.w2.codes, dict(w1_scale=p.w13.scales.float().contiguous(), w2_scale=p.w2.scales.float().contiguous())
+
+
+def _fp8_block(p):
+    w1, w2, kw = _per_channel(p)
+    return w1, w2, dict(kw, block_shape=list(p.fmt.weight.block))
+
+
+def _wna16(code_fn, with_zp: bool):
+    def conv(p):
+        q13, q2 = p.w13, p.w2
+        # scales in the activation dtype, as MoeWNA16Method stores them: the CUDA moe_wna16_gemm reads
+        # b_scales.data_ptr<at::BFloat16/Half>() (csrc/moe/moe_wna16.cu) and refuses fp32
+        dt = p.hidden_states.dtype
+        kw = dict(w1_scale=q13.scales.to(dt).contiguous(), w2_scale=q2.scales.to(dt).contiguous(),
+                  block_shape=[0, L.group_size(q13)])
+        if with_zp:
+            kw.update(w1_zp=L.pack_zeros_along_n(q13.zeros), w2_zp=L.pack_zeros_along_n(q2.zeros))
+        return code_fn(q13), code_fn(q2), kw
+    return conv
+
+
+@dataclass(frozen=True)
+class QuantPath:
+    helper: str | None  # config.py helper that builds the FusedMoEQuantConfig; None = unquantized
+    convert: Callable  # MoEProblem -> (w1, w2, helper kwargs)
+    extra: dict = field(default_factory=dict)  # fixed helper kwargs
+    takes_bias: bool = True
+
+
+_INT4_SYM = _wna16(lambda q: L.int4_packed_to_uint4b8(q.codes).contiguous(), False)
+_INT4_ZP = _wna16(lambda q: q.codes.contiguous(), True)
+_INT8_W = _wna16(lambda q: L.int8_to_uint8b128(q.codes).contiguous(), False)
+
+PATHS: dict[str, QuantPath] = {
+    "bf16": QuantPath(None, _plain),
+    "fp16": QuantPath(None, _plain),
+    "fp8_tensor": QuantPath("fp8_w8a8_moe_quant_config", _fp8_per_expert),
+    "fp8_tensor_static": QuantPath("fp8_w8a8_moe_quant_config", _fp8_static),
+    "fp8_token_channel": QuantPath("fp8_w8a8_moe_quant_config", _per_channel,
+                                   dict(per_act_token_quant=True, per_out_ch_quant=True)),
+    "fp8_block": QuantPath("fp8_w8a8_moe_quant_config", _fp8_block),
+    "int8_w8a8": QuantPath("int8_w8a8_moe_quant_config", _per_channel,
+                           dict(a1_scale=None, a2_scale=None, per_act_token_quant=True)),
+}
+for _g in (32, 64, 128):
+    PATHS[f"int4_w_g{_g}"] = QuantPath("int4_w4a16_moe_quant_config", _INT4_SYM, takes_bias=False)
+    PATHS[f"int4_zp_w_g{_g}"] = QuantPath("int4_w4a16_moe_quant_config", _INT4_ZP, takes_bias=False)
+    PATHS[f"int8_w_g{_g}"] = QuantPath("int8_w8a16_moe_quant_config", _INT8_W, takes_bias=False)
+
+
+def build_quant_config(p: MoEProblem):
+    """(w1, w2, FusedMoEQuantConfig or None) for problem p, through vLLM's own config helpers."""
+    require(p.fmt.name in PATHS, f"vLLM Triton fused MoE adapter has no mapping for format {p.fmt.name}")
+    path = PATHS[p.fmt.name]
+    w1, w2, kw = path.convert(p)
+    cfg = vmod(CONFIG)
+    bias = _bias(p)
+    has_bias = any(v is not None for v in bias.values())
+    require(path.takes_bias or not has_bias, f"format {p.fmt.name}: the WNA16 kernels take no bias")
+    if path.helper is None:
+        return w1, w2, (cfg.biased_moe_quant_config(**bias) if has_bias else None)
+    if path.takes_bias:
+        kw.update(bias)
+    return w1, w2, getattr(cfg, path.helper)(**kw, **path.extra)
+
+
+@dataclass
+class _Prepared:
+    w1: torch.Tensor
+    w2: torch.Tensor
+    quant_config: object
+
+
+@dataclass
+class VllmTritonFused(VllmBackend):
+    def prepare(self, p: MoEProblem) -> _Prepared:
+        require(p.lora is None, f"{self.name}: fused_experts has no LoRA input (see vllm_lora_triton)")
+        return _Prepared(*build_quant_config(p))
+
+    def run(self, w: _Prepared, p: MoEProblem, out=None) -> torch.Tensor:
+        fm = vmod(FUSED_MOE)  # called through the module attribute, so the spy sees it
+        res = fm.fused_experts(p.hidden_states.contiguous(), w.w1, w.w2, activation=moe_activation(p.activation_name),
+                               apply_router_weight_on_input=p.apply_router_weight_on_input,
+                               quant_config=w.quant_config, **routing_args(p))
+        if out is None:
+            return res
+        out.copy_(res)
+        return out
+
+
+SPIES = (f"{FUSED_MOE}:fused_experts", f"{FUSED_MOE}:dispatch_fused_moe_kernel", "vllm._custom_ops:moe_sum")
+_DT = frozenset({torch.bfloat16, torch.float16})
+_ACTS = frozenset(VLLM_ACTIVATION)
+
+
+def _cap(formats, archs=None, bias=True, acts=_ACTS, limitations=(), **kw) -> Capability:
+    return Capability(formats=frozenset(formats), dtypes=_DT, archs=archs, activations=acts, expert_map=True,
+                      bias=bias, rounding=TRITON_ROUNDING, requires=("vllm",),
+                      limitations=(LIM_ROUTER_ON_INPUT, LIM_MOE_SUM, *limitations), **kw)
+
+
+_G = (32, 64, 128)
+BACKENDS = [
+    VllmTritonFused(name="vllm_triton_bf16", description="vLLM fused_experts, unquantized bf16/fp16 Triton kernel",
+                    capability=_cap({"bf16", "fp16"}), spies=SPIES),
+    VllmTritonFused(name="vllm_triton_fp8_tensor",
+                    description="fused_experts, FP8 e4m3 per-expert weight scale, per-tensor activations (dynamic or static)",
+                    capability=_cap({"fp8_tensor", "fp8_tensor_static"}, FP8_ARCHS, limitations=(Limitation(
+                        "dynamic per-tensor activation quant multiplies by 1/scale (scaled_fp8_quant); all-zero input gets scale 0",
+                        "docs/rounding.md section 6"),)), spies=SPIES),
+    VllmTritonFused(name="vllm_triton_fp8_token_channel",
+                    description="fused_experts, FP8 per-output-channel weights x dynamic per-token activations",
+                    capability=_cap({"fp8_token_channel"}, FP8_ARCHS, limitations=(Limitation(
+                        "per-token scale floored at 1/(448*512): rows with amax < 1/512 quantize differently",
+                        "docs/rounding.md section 6"),)), spies=SPIES),
+    VllmTritonFused(name="vllm_triton_fp8_block",
+                    description="fused_experts, DeepSeek FP8 128x128 weight blocks x 1x128 activation groups",
+                    capability=_cap({"fp8_block"}, FP8_ARCHS, limitations=(Limitation(
+                        "activation groups via per_token_group_quant_fp8: scale max(amax, 1e-10)/448; UE8M0 "
+                        "(fp8_block_ue8m0) not mapped: its Triton ue8m0 rounding is exp2(ceil(log2)) (docs/rounding.md section 6)"),)),
+                    spies=SPIES),
+    VllmTritonFused(name="vllm_triton_int8_w8a8",
+                    description="fused_experts, INT8 per-channel weights x dynamic per-token INT8 activations",
+                    capability=_cap({"int8_w8a8"}), spies=SPIES),
+    VllmTritonFused(name="vllm_triton_int4_w4a16",
+                    description="fused_experts WNA16: INT4 group-quantized weights (uint4b8, or uint4 with zero points)",
+                    capability=_cap({f"int4_w_g{g}" for g in _G} | {f"int4_zp_w_g{g}" for g in _G}, bias=False,
+                                    hidden_align=2, limitations=(LIM_WNA16_SCALES, Limitation(
+                                        "4-bit with tokens*k/E <= 6 runs the CUDA moe_wna16_gemm instead of the "
+                                        "Triton kernel (should_moe_wna16_use_cuda); both read the same layout"))),
+                    spies=SPIES),
+    VllmTritonFused(name="vllm_triton_int8_w8a16",
+                    description="fused_experts WNA16: INT8 group-quantized weights (uint8b128) x bf16 activations",
+                    capability=_cap({f"int8_w_g{g}" for g in _G}, bias=False, limitations=(LIM_WNA16_SCALES,)),
+                    spies=SPIES),
+]
+for _b in BACKENDS:
+    _b.audit_safe = True  # Triton launches: bad shapes fail Python asserts, not the device

@@ -1,0 +1,126 @@
+"""triton_kernels `matmul_ogs` MoE as vLLM runs gpt-oss MXFP4 (vendored `vllm.third_party.triton_kernels`).
+
+vLLM 0.24.0 source read for this file:
+  - `fused_moe/experts/gpt_oss_triton_kernels_moe.py: triton_kernel_fused_experts(output_tensor,
+    hidden_states, w1, w2, routing_data, gather_indx, scatter_indx, topk, activation=SWIGLUOAI,
+    quant_config=None, swiglu_alpha=1.702, swiglu_limit=7.0, apply_router_weight_on_input=False,
+    global_num_experts=-1, expert_map=None, intermediate_cache=None, a1q_scale=None)`: GEMM1 with the
+    swiglu fused on the fp32 accumulator (`FusedActivation(... swiglu_fn ...)`), GEMM2 with
+    `scatter_indx` and `gammas` (router weights), the k rows of a token summed by `reduce_grouped`
+    ("accumulation is performed in float32", matmul_ogs.py) from a scratchpad in the output dtype.
+    Writes `output_tensor` (a caller buffer: out_buffer). Asserts bf16 input, SWIGLUOAI only,
+    fp32 biases.
+  - `make_routing_data(topk_ids, topk_weights, num_local_experts)`: `topk_weights.to(torch.bfloat16)`
+    -> Rounding.topk_weights = bf16.
+  - `UnfusedOAITritonExperts` (modular experts, LoRA mixin): GEMM1 output stored bf16, then
+    `self.activation` (`torch.ops._C.swigluoai_and_mul(output, input, alpha, limit)`, or
+    apply_moe_activation), `routing_data.n_expts_act = 1` so matmul_ogs does not sum the k rows, and
+    `ops.moe_sum` does: the unfused activation and top-k-sum path of the MoE-LoRA PR.
+  - `quantization/utils/mxfp4_utils.py: _swizzle_mxfp4(quant_tensor, scale, num_warps=8)` ->
+    (triton_kernels Tensor [E, K, N] in the arch's mxfp4 value layout, InFlexData(), swizzled scale),
+    then `PrecisionConfig(weight_scale=..., flex_ctx=FlexCtx(rhs_data=...))` (oracle/mxfp4.py) and
+    `mxfp4_w4a16_moe_quant_config(w1_scale=pc13, w2_scale=pc2, w1_bias, w2_bias)`.
+gpt-oss layout: w13 rows interleave gate (even) and up (odd), which is moecheck's `swigluoai` preset,
+so no row reordering is needed (layouts.relayout_gate_up would be the identity).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from moecheck.backends.base import Capability, Limitation
+from moecheck.backends.problem import MoEProblem
+from moecheck.backends.vllm import modular as M
+from moecheck.backends.vllm.triton_fused import CONFIG, moe_activation, routing_args
+from moecheck.backends.vllm.versions import VllmBackend, vmod
+from moecheck.reference.errors import require
+from moecheck.reference.moe import ACT, Rounding
+
+OGS = "vllm.model_executor.layers.fused_moe.experts.gpt_oss_triton_kernels_moe"
+MXFP4_UTILS = "vllm.model_executor.layers.quantization.utils.mxfp4_utils"
+
+
+def _triton_kernels():
+    require(vmod("vllm.utils.import_utils").has_triton_kernels(), "triton_kernels not importable (vendored copy missing)")
+    return vmod("triton_kernels.matmul_ogs")  # has_triton_kernels() aliases the vendored package in sys.modules
+
+
+def mxfp4_quant_config(p: MoEProblem):
+    """Swizzle both weights with vLLM's helper and wrap them the way oracle/mxfp4.py does."""
+    require(p.fmt.name == "mxfp4_bf16", f"matmul_ogs MXFP4 adapter takes mxfp4_bf16, got {p.fmt.name}")
+    require(p.lora is None, "LoRA goes through vllm_lora_* backends")
+    ogs, mx = _triton_kernels(), vmod(MXFP4_UTILS)
+    pcs, ws = [], []
+    for q in (p.w13, p.w2):
+        w, flex, scale = mx._swizzle_mxfp4(q.codes.contiguous(), q.scales.contiguous())
+        ws.append(w)
+        pcs.append(ogs.PrecisionConfig(weight_scale=scale, flex_ctx=ogs.FlexCtx(rhs_data=flex)))
+    f32 = lambda b: None if b is None else b.float().contiguous()  # noqa: E731
+    qc = vmod(CONFIG).mxfp4_w4a16_moe_quant_config(w1_scale=pcs[0], w2_scale=pcs[1], w1_bias=f32(p.w13_bias),
+                                                  w2_bias=f32(p.w2_bias))
+    return ws[0], ws[1], qc
+
+
+@dataclass
+class _Prepared:
+    w1: object
+    w2: object
+    quant_config: object
+    kernel: object = None
+
+
+@dataclass
+class VllmOgsFused(VllmBackend):
+    def prepare(self, p: MoEProblem) -> _Prepared:
+        return _Prepared(*mxfp4_quant_config(p))
+
+    def run(self, w: _Prepared, p: MoEProblem, out=None) -> torch.Tensor:
+        m = vmod(OGS)
+        r = routing_args(p)
+        routing_data, gather, scatter = m.make_routing_data(r["topk_ids"], r["topk_weights"], p.experts)
+        res = out if out is not None else torch.empty_like(p.hidden_states)
+        m.triton_kernel_fused_experts(res, p.hidden_states.contiguous(), w.w1, w.w2, routing_data, gather, scatter,
+                                      topk=p.top_k, activation=moe_activation(p.activation_name), quant_config=w.quant_config,
+                                      apply_router_weight_on_input=p.apply_router_weight_on_input,
+                                      global_num_experts=p.experts)
+        return res
+
+
+@dataclass
+class VllmOgsUnfused(VllmBackend):
+    def prepare(self, p: MoEProblem) -> _Prepared:
+        w1, w2, qc = mxfp4_quant_config(p)
+        experts = vmod(OGS).UnfusedOAITritonExperts(M.moe_config(p), qc)
+        return _Prepared(w1, w2, qc, M.kernel(experts))
+
+    def run(self, w: _Prepared, p: MoEProblem, out=None) -> torch.Tensor:
+        return M.emit(M.apply(w.kernel, w.w1, w.w2, p), out)
+
+
+BF16 = torch.bfloat16
+FUSED_ROUNDING = Rounding(gemm1_out=None, act_out=ACT, gemm2_out=ACT, topk_weights=BF16, topk_sum=torch.float32)
+UNFUSED_ROUNDING = Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT, topk_weights=BF16, topk_sum=ACT,
+                            act_gate=ACT)  # silu/gelu via apply_moe_activation; swigluoai_and_mul: fp32, covered
+_ARCHS = frozenset({(9, 0), (10, 0)})  # vLLM's triton MXFP4 backend targets Hopper and Blackwell
+LIM_HOPPER = Limitation("on sm_90 _swizzle_mxfp4 sets opt_flags split_k=1 (global triton_kernels constraint)")
+LIM_BF16 = Limitation("bf16 only: triton_kernel_fused_experts asserts hidden_states.dtype == torch.bfloat16")
+
+BACKENDS = [
+    VllmOgsFused(
+        name="vllm_ogs_mxfp4", description="triton_kernels matmul_ogs (gpt-oss MXFP4): fused swiglu and top-k sum",
+        capability=Capability(
+            formats=frozenset({"mxfp4_bf16"}), dtypes=frozenset({BF16}), archs=_ARCHS, activations=frozenset({"swigluoai"}),
+            bias=True, out_buffer=True, hidden_align=32, inter_align=64, rounding=FUSED_ROUNDING, requires=("vllm",),
+            deterministic=False, limitations=(LIM_HOPPER, LIM_BF16, Limitation(
+                "expert_map not claimed: this entry point takes local ids (triton_kernel_moe_forward remaps first)"))),
+        spies=(f"{OGS}:triton_kernel_fused_experts", f"{OGS}:matmul_ogs")),
+    VllmOgsUnfused(
+        name="vllm_ogs_mxfp4_unfused",
+        description="FusedMoEKernel + UnfusedOAITritonExperts: matmul_ogs GEMMs, separate activation and moe_sum",
+        capability=Capability(
+            formats=frozenset({"mxfp4_bf16"}), dtypes=frozenset({BF16}), archs=_ARCHS,
+            activations=frozenset({"swigluoai", "silu", "gelu"}), expert_map=True, bias=True, hidden_align=32,
+            inter_align=64, min_tokens=M.MIN_TOKENS, rounding=UNFUSED_ROUNDING, requires=("vllm",), deterministic=False,
+            limitations=(LIM_HOPPER, LIM_BF16, M.LIM_WS)),
+        spies=(*M.composition_spies(OGS, "matmul_ogs"), "vllm._custom_ops:moe_sum")),
+]

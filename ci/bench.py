@@ -1,0 +1,99 @@
+"""Benchmarks (not timed tests): reference MoE vs torch._grouped_mm, and examples/s per property.
+
+    python -m moecheck.ci.bench [--out FILE] [--examples N]
+Writes JSON; prints a short table. Timing: CUDA events via torch.utils.benchmark-style median of
+repeats after warm-up; on CPU, perf_counter.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from moecheck.backends import registry
+from moecheck.properties.checks import PROPERTIES, check
+from moecheck.properties.strategies import cases, fit
+from moecheck.reference import moe as ref_moe
+
+
+def _time(fn, reps=20) -> float:
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            ts.append(a.elapsed_time(b) / 1e3)
+        return statistics.median(ts)
+    ts = []
+    for _ in range(max(3, reps // 5)):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def gemm_vs_reference(E=128, K=2048, N=768, rows=32768) -> dict:
+    """One expert GEMM over `rows` routed rows: reference grouped path vs torch._grouped_mm."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu":
+        E, rows = 16, 2048
+    g = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(rows, K, device=dev, generator=g).to(torch.bfloat16)
+    w = (torch.randn(E, N, K, device=dev, generator=g) / K**0.5).to(torch.bfloat16)
+    counts = [rows // E] * E
+    offs = torch.cumsum(torch.tensor(counts, device=dev), 0).to(torch.int32)
+    wt = w.transpose(1, 2)
+    t_gmm = _time(lambda: torch._grouped_mm(a, wt, offs=offs))
+    af = a.float()  # activations reach the reference GEMM in fp32; bf16 weights stay bf16 (moe._deq)
+    fast = ref_moe._bf16_exact(af) and ref_moe._bf16_exact(w)
+    with ref_moe._ieee_fp32():
+        t_ref = _time(lambda: ref_moe._grouped(af, w, counts, fast))
+    flops = 2 * rows * K * N
+    return {"device": dev, "E": E, "K": K, "N": N, "rows": rows, "grouped_mm_ms": t_gmm * 1e3,
+            "reference_ms": t_ref * 1e3, "ratio": t_ref / t_gmm, "grouped_mm_tflops": flops / t_gmm / 1e12,
+            "reference_fast_path": fast}
+
+
+def examples_per_second(n: int) -> list[dict]:
+    out = []
+    for name, b in sorted(registry.load_all().items()):
+        av = b.availability()
+        if not av.ok or not b.capability.formats:
+            continue
+        fmt = "bf16" if "bf16" in b.capability.formats else sorted(b.capability.formats)[0]
+        for prop in PROPERTIES:
+            strat = cases(b, fmt, prop, av.device)
+            drawn = [fit(strat.example(), b) for _ in range(n)]
+            t0 = time.perf_counter()
+            for c in drawn:
+                check(b, c, av.device)
+            dt = time.perf_counter() - t0
+            out.append({"backend": name, "format": fmt, "property": prop, "device": av.device,
+                        "examples": n, "examples_per_s": n / dt})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="moecheck-report/bench.json")
+    ap.add_argument("--examples", type=int, default=10)
+    args = ap.parse_args()
+    res = {"gemm": gemm_vs_reference(), "properties": examples_per_second(args.examples)}
+    with open(args.out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    g = res["gemm"]
+    print(f"GEMM E={g['E']} K={g['K']} N={g['N']} rows={g['rows']} on {g['device']}: torch._grouped_mm "
+          f"{g['grouped_mm_ms']:.3f} ms ({g['grouped_mm_tflops']:.0f} TFLOP/s), reference {g['reference_ms']:.3f} ms, ratio {g['ratio']:.2f}")
+    for r in res["properties"]:
+        print(f"{r['backend']:24s} {r['format']:18s} {r['property']:24s} {r['device']:5s} {r['examples_per_s']:8.1f} ex/s")
+
+
+if __name__ == "__main__":
+    main()

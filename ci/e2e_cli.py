@@ -1,0 +1,156 @@
+"""`moecheck e2e`: lm-eval gsm8k gates per (model, format, backend), from the configs in e2e/configs.
+
+    moecheck e2e [--config PATH|NAME ...] [--backend B ...] [--format F ...] [--limit N]
+                 [--store PATH] [--attach latest|new] [--out DIR] [--plugin MOD ...]
+
+Without --config every shipped config runs (a model that is not here is a skip with its reason).
+--backend/--format replace the config's lists. Per-question JSONL per gate goes to --out; with
+--store (default $MOECHECK_STORE, as the nightly sets it) the gates are appended to the results
+store: to the newest run if it started within 12 hours (the nightly's property run, so the
+dashboard shows one night's cases and gates together), else (or with --attach new) to a new run.
+Exit 0: every gate passed or skipped; 1: a gate failed or broke; 2: bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from moecheck.reference.errors import MoecheckError, require
+
+DEFAULT_OUT = "moecheck-e2e"
+ATTACH_WITHIN = timedelta(hours=12)  # a nightly's property run and its e2e gates start within one night
+
+
+def _validate_names(backends, formats) -> None:
+    from moecheck.e2e.surgery import resolve_backend
+    from moecheck.reference.formats import get_format
+
+    for b in backends:
+        resolve_backend(b)
+    for f in formats:
+        get_format(f)
+
+
+def _table(gates) -> str:
+    head = f"{'model':18s} {'format':18s} {'backend':26s} {'verdict':7s} {'acc':>6s} {'ref':>6s} {'n':>4s} {'b':>3s} {'c':>3s} {'p':>8s} {'wall':>6s}  note"
+    lines = [head]
+    seen_skips: dict[tuple[str, str], int] = {}
+    for g in gates:  # a config that cannot run at all: one line, not one per gate
+        seen_skips[(g.config, g.message)] = seen_skips.get((g.config, g.message), 0) + (g.verdict == "skip")
+    printed = set()
+    for g in gates:
+        key = (g.config, g.message)
+        if g.verdict == "skip" and seen_skips[key] > 1:
+            if key not in printed:
+                printed.add(key)
+                lines.append(f"{g.config[:18]:18s} {'*':18s} {'*':26s} skip    ({seen_skips[key]} gates)  {g.message}")
+            continue
+        r = g.result
+        nums = (f"{r.accuracy:6.3f} {r.reference_accuracy:6.3f} {r.n:4d} {r.b:3d} {r.c:3d} {r.p_value:8.2g}" if r
+                else f"{'-':>6s} {'-':>6s} {g.n or '-':>4} {'-':>3s} {'-':>3s} {'-':>8s}")
+        # a skip's reason is short and the whole point: never cut (a long path must not hide it)
+        note = "" if g.verdict == "pass" else g.message if g.verdict == "skip" else g.message[:110]
+        lines.append(f"{g.config[:18]:18s} {g.format[:18]:18s} {g.backend[:26]:26s} {g.verdict:7s} {nums} {g.wall_s:5.0f}s  {note}")
+    return "\n".join(lines)
+
+
+def _store(path: str, gates, command: str, attach: str) -> str:
+    """Append the gates to the newest run of the store (the nightly's property run, so the dashboard
+    shows cases and gates of one night together) if it started within ATTACH_WITHIN; else, or with
+    --attach new, to a run of their own."""
+    from datetime import datetime, timezone
+
+    from moecheck.ci.results.schema import E2ERecord
+    from moecheck.ci.results.store import ResultStore
+
+    records = [E2ERecord(model=g.config, format=g.format, backend=g.backend, accuracy=g.accuracy, n_questions=g.n,
+                         verdict=g.verdict, message=g.message, per_question_path=str(g.per_question) if g.per_question else None)
+               for g in gates]
+    with ResultStore(path) as store:
+        latest = store.latest_runs(1) if attach == "latest" else []
+        if latest and datetime.now(timezone.utc) - datetime.fromisoformat(latest[0].started_at) < ATTACH_WITHIN:
+            store.add_e2e(latest[0].run_id, records)
+            return f"{latest[0].run_id} (appended to the newest run)"
+        rid = store.start_run(command=command, profile="e2e")
+        store.add_e2e(rid, records)
+        store.finish_run(rid)
+    return f"{rid} (a new run)"
+
+
+def e2e(args: argparse.Namespace) -> int:
+    from moecheck.backends import registry
+    from moecheck.e2e.config import all_configs, load_config
+    from moecheck.e2e.runner import ConfigRunner
+
+    require(args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}")
+    registry.load_all(tuple(args.plugin))
+    configs = [load_config(c) for c in (args.config or all_configs())]
+    require(configs, "no gate configs found")
+    _validate_names(args.backend, args.format)
+    for cfg in configs:
+        _validate_names(() if args.backend else cfg.backends, ())
+    out = Path(args.out)
+    t0 = time.monotonic()
+    gates = []
+    for cfg in configs:
+        runner = ConfigRunner(cfg, out, limit=args.limit)
+        gates += runner.run(tuple(args.format) or None, tuple(args.backend) or None)
+    print(_table(gates))
+    paths = {cfg.name: cfg.path for cfg in configs}
+    for g in gates:
+        if g.verdict in ("fail", "error"):
+            print(f"{g.verdict} {g.config} / {g.format} / {g.backend}, reproduce: {_repro(args, paths.get(g.config, g.config), g)}")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "summary.jsonl").open("w") as f:
+        for g in gates:
+            f.write(json.dumps({"config": g.config, "model": g.model, "format": g.format, "backend": g.backend,
+                                "verdict": g.verdict, "accuracy": g.accuracy, "n": g.n, "calls": g.calls,
+                                "b": g.result.b if g.result else None, "c": g.result.c if g.result else None,
+                                "p_value": g.result.p_value if g.result else None, "message": g.message,
+                                "per_question": str(g.per_question) if g.per_question else None}) + "\n")
+    counts = {v: sum(g.verdict == v for g in gates) for v in ("pass", "fail", "error", "skip")}
+    print(f"\n{len(gates)} gates: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+          + f"; wall time {time.monotonic() - t0:.0f} s; per-question results in {out}/")
+    store = args.store or os.environ.get("MOECHECK_STORE")
+    if store:
+        print(f"stored as run {_store(store, gates, ' '.join(['moecheck', *sys.argv[1:]]), args.attach)} in {store}")
+    return 1 if counts["fail"] or counts["error"] else 0
+
+
+def _repro(args: argparse.Namespace, config, g) -> str:
+    """The one command that reruns exactly this gate."""
+    import shlex
+
+    parts = ["moecheck", "e2e", "--config", str(config), "--format", g.format, "--backend", g.backend]
+    for mod in args.plugin:
+        parts += ["--plugin", mod]
+    if args.limit:
+        parts += ["--limit", str(args.limit)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    try:
+        return e2e(args)
+    except MoecheckError as e:
+        print(f"moecheck e2e: {str(e).splitlines()[0] if str(e) else 'bad input'}", file=sys.stderr)
+        return 2
+
+
+def register(sub) -> None:
+    p = sub.add_parser("e2e", help="lm-eval gsm8k accuracy gates per (model, format, backend) vs the reference")
+    p.add_argument("--config", action="append", default=[], help="config file or name in e2e/configs (repeatable)")
+    p.add_argument("--backend", action="append", default=[], help="backend(s) to gate, instead of the config's")
+    p.add_argument("--format", action="append", default=[], help="format(s) to gate, instead of the config's")
+    p.add_argument("--limit", type=int, default=None, help="questions per gate, instead of the config's n_questions")
+    p.add_argument("--store", default=None, help="append the gates to this results store (default: $MOECHECK_STORE)")
+    p.add_argument("--attach", choices=("latest", "new"), default="latest",
+                   help="store: append to the newest run if it started within 12 h (the nightly's), or start a new one")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"directory for per-question JSONL (default {DEFAULT_OUT})")
+    p.add_argument("--plugin", action="append", default=[], help="module defining extra backends")
+    p.set_defaults(fn=_guarded, func=_guarded)

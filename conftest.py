@@ -1,1 +1,0 @@
-pytest_plugins = ["moecheck.pytest_plugin"]

@@ -1,4 +1,0 @@
-"""Results store, dashboard and bisect support: what happened in each run, kept for trends and diffs.
-
-Import the submodules directly (moecheck.results.store etc.); nothing here imports torch.
-"""

@@ -1,0 +1,184 @@
+"""Case: the structure of one MoE call plus a seed, as JSON; `build` fills the tensors with torch.
+
+Hypothesis draws only the structure (small integers and names), so shrinking works on shapes and
+choices, and a failure is replayed exactly from its JSON on any machine with the same backend.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+from moecheck.backends.problem import MoEProblem
+from moecheck.reference.errors import MoecheckError, require
+from moecheck.reference.formats import get_format
+from moecheck.reference.lora import MoELoRA
+from moecheck.reference.padding import pad_bias13, pad_hidden, pad_w2, pad_w13
+from moecheck.reference.quantize import calibrate, quantize
+from moecheck.reference.routing import RouterSpec, route
+
+ROUTINGS = ("softmax", "skewed", "one_expert", "empty_experts")
+VALUES = ("normal", "outliers", "tiny", "boundary")
+
+
+@dataclass(frozen=True)
+class Case:
+    backend: str = "cpu_loop"
+    format: str = "bf16"
+    property: str = "matches_reference"
+    tokens: int = 4
+    hidden: int = 64
+    inter: int = 32
+    experts: int = 4
+    top_k: int = 2
+    dtype: str = "bfloat16"
+    activation: str = "silu"
+    routing: str = "softmax"
+    renormalize: bool = True
+    values: str = "normal"
+    ep_remote: int = 0  # experts that are not local (expert_map -1); 0 = no expert parallelism
+    bias: bool = False
+    lora_adapters: int = 0
+    lora_rank: int = 4
+    weights_on_input: bool = False
+    seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Case":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MoecheckError(f"case is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        require(isinstance(d, dict), "case JSON must be an object")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        require(not extra, f"unknown case fields: {', '.join(extra)}")
+        c = cls(**d)
+        c.validate()
+        return c
+
+    def with_(self, **kw) -> "Case":
+        return replace(self, **kw)
+
+    def validate(self) -> None:
+        for name in ("tokens", "hidden", "inter", "experts", "top_k", "lora_rank"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= (0 if name == "tokens" else 1), f"case field {name} must be an integer >= {0 if name == 'tokens' else 1}, got {v!r}")
+        require(self.top_k <= self.experts - self.ep_remote or self.experts - self.ep_remote >= 1, "case needs at least one local expert")
+        require(self.top_k <= self.experts, f"top_k {self.top_k} exceeds experts {self.experts}")
+        require(self.routing in ROUTINGS, f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        require(self.values in VALUES, f"values must be one of {VALUES}, got {self.values!r}")
+        require(self.dtype in ("bfloat16", "float16"), f"dtype must be bfloat16 or float16, got {self.dtype!r}")
+        require(0 <= self.ep_remote < self.experts, f"ep_remote must be in [0, experts), got {self.ep_remote}")
+        require(not self.weights_on_input or self.top_k == 1, "weights_on_input needs top_k == 1")
+        get_format(self.format)
+
+    def summary(self) -> str:
+        extra = [f"ep_remote={self.ep_remote}"] * bool(self.ep_remote) + ["bias"] * self.bias
+        extra += [f"lora={self.lora_adapters}x{self.lora_rank}"] * bool(self.lora_adapters)
+        return (f"{self.backend}/{self.format}/{self.property} T={self.tokens} H={self.hidden} I={self.inter} "
+                f"E={self.experts} k={self.top_k} {self.dtype} {self.activation} {self.routing} {self.values} seed={self.seed} " + " ".join(extra)).strip()
+
+
+def weight_block_rows(fmt) -> int:
+    """Rows of a 2-D weight scale block (128 for DeepSeek 128x128), else 1.
+
+    w13 stacks gate and up along N: padding each half keeps the unpadded scale blocks only when I
+    is a multiple of this, so the padding property draws such I for these formats.
+    """
+    return (fmt.weight.block[0] or 1) if fmt.weight is not None else 1
+
+
+def _values(g: torch.Generator, shape, kind: str, elem_max: float) -> torch.Tensor:
+    x = torch.randn(*shape, generator=g)
+    if kind == "outliers":  # a few channels 100x larger, as in real LLM activations
+        cols = torch.randint(0, shape[-1], (max(1, shape[-1] // 64),), generator=g)
+        x[..., cols] *= 100.0
+    elif kind == "tiny":  # near the bottom of the scale range: scales underflow first
+        x = x * 2.0**-100
+    elif kind == "boundary":  # block maxima exactly on scale boundaries: 2^k (FLOOR) and elem_max*2^j (RCEIL)
+        k = torch.randint(3, 6, shape[:-1] + (1,), generator=g).float()
+        for start, mag in ((0, torch.exp2(k)), (8, elem_max * torch.exp2(k - 8))):
+            if start >= shape[-1]:
+                break
+            cols = torch.arange(start, shape[-1], 16)
+            sign = torch.where(torch.rand(*shape[:-1], len(cols), generator=g) < 0.5, -1.0, 1.0)
+            x[..., cols] = sign * mag
+    return x
+
+
+def _routing(g, c: Case, n_local_ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.randn(c.tokens, c.experts, generator=g)
+    if c.routing == "skewed":
+        logits = logits + torch.linspace(4.0, 0.0, c.experts)
+    elif c.routing == "one_expert":
+        logits[:, 0] += 100.0
+    elif c.routing == "empty_experts":  # half the experts get no token at all
+        dead = torch.arange(c.experts) % 2 == 1
+        if int((~dead).sum()) >= c.top_k:
+            logits[:, dead] = -1e4
+    if c.weights_on_input:
+        spec = RouterSpec("llama4", 1, apply_weights_to_input=True)
+    else:
+        spec = RouterSpec("softmax_topk", c.top_k, renormalize=c.renormalize)
+    return route(logits, spec)
+
+
+def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] | None = None) -> MoEProblem:
+    """Deterministic tensors for `c` (CPU generator, then moved), weights quantized by the reference.
+
+    pad_to=(H', I') zero-pads hidden and intermediate (gate and up separately) before quantizing:
+    the same numbers as the unpadded case, laid out as a padding kernel path would see them.
+    """
+    c.validate()
+    fmt = get_format(c.format)
+    from moecheck.reference.activations import ACTIVATIONS
+
+    require(c.activation in ACTIVATIONS, f"unknown activation {c.activation!r}; known: {', '.join(sorted(ACTIVATIONS))}")
+    act = ACTIVATIONS[c.activation]
+    fmt.check_sizes(c.hidden, c.inter)
+    g = torch.Generator().manual_seed(c.seed)
+    dt = getattr(torch, c.dtype)
+    elem_max = fmt.act.codec.max if fmt.act is not None else 448.0
+    x = _values(g, (c.tokens, c.hidden), c.values, elem_max).to(dt)
+    n_local = c.experts - c.ep_remote
+    rows13 = 2 * c.inter if act.gated else c.inter
+    w13 = torch.randn(n_local, rows13, c.hidden, generator=g) / c.hidden**0.5
+    w2 = torch.randn(n_local, c.hidden, c.inter, generator=g) / c.inter**0.5
+    expert_map = None
+    if c.ep_remote:
+        perm = torch.randperm(c.experts, generator=g)
+        expert_map = torch.full((c.experts,), -1, dtype=torch.int64)
+        expert_map[perm[:n_local]] = torch.arange(n_local)
+    weights, ids = _routing(g, c, expert_map)
+    b13 = torch.randn(n_local, rows13, generator=g) * 0.1 if c.bias else None
+    b2 = torch.randn(n_local, c.hidden, generator=g) * 0.1 if c.bias else None
+    lora = token_lora = None
+    if c.lora_adapters:
+        L, r, E = c.lora_adapters, c.lora_rank, n_local
+        mk = lambda *s: torch.randn(*s, generator=g) * 0.05  # noqa: E731
+        lora = MoELoRA(mk(L, E, r, c.hidden), mk(L, E, c.inter, r), mk(L, E, r, c.hidden), mk(L, E, c.inter, r),
+                       mk(L, E, r, c.inter), mk(L, E, c.hidden, r), scaling=1.0)
+        token_lora = torch.randint(-1, L, (c.tokens,), generator=g)
+    a1 = a2 = None
+    if fmt.act is not None and fmt.act.static:  # calibrated scales: on the input itself, a fixed guess for the intermediate
+        a1 = calibrate(x, fmt.act).clamp(min=2.0**-20)
+        a2 = torch.tensor(2.0**-6)
+    if pad_to is not None:
+        hp, ip = pad_to
+        x, w13, w2 = pad_hidden(x, hp), pad_w13(w13, ip, hp, act), pad_w2(w2, hp, ip)
+        b13 = None if b13 is None else pad_bias13(b13, ip, act)
+        b2 = None if b2 is None else pad_hidden(b2, hp)
+        require(lora is None, "padding with LoRA is not modelled")
+    q13 = quantize(w13, fmt.weight) if fmt.weight is not None else w13.to(dt)
+    q2 = quantize(w2, fmt.weight) if fmt.weight is not None else w2.to(dt)
+    mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return MoEProblem(
+        hidden_states=x.to(device), topk_weights=weights.to(device), topk_ids=ids.to(device),
+        w13=q13.to(device), w2=q2.to(device), fmt=fmt, activation_name=c.activation, expert_map=mv(expert_map),
+        w13_bias=mv(b13), w2_bias=mv(b2), a1_scale=mv(a1), a2_scale=mv(a2),
+        apply_router_weight_on_input=c.weights_on_input, lora=lora.to(device) if lora else None,
+        token_lora=mv(token_lora))

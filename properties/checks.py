@@ -1,0 +1,181 @@
+"""The properties, one function each: (backend, case) -> Outcome. Records over if-chains: PROPERTIES.
+
+Every run goes through harness.run_backend, so every property also proves the kernel ran (spies)
+and that its output contract held; a failure of either is reported as such.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from moecheck.backends.base import Backend
+from moecheck.backends.problem import MoEProblem
+from moecheck.properties.case import Case, build, weight_block_rows
+from moecheck.properties.harness import run_backend
+from moecheck.reference.errmodel import budget_for, compare
+from moecheck.reference.errmodel.compare import Comparison
+from moecheck.reference.formats import get_format
+from moecheck.reference.padding import round_up
+
+
+@dataclass
+class Outcome:
+    verdict: str  # pass | fail | skip
+    message: str = ""
+    cmp: Comparison | None = None
+    duration_s: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+def _ran(b: Backend, run) -> str | None:
+    missing = [n for n, c in run.spy_counts.items() if c == 0]
+    if missing:
+        return f"kernel not called: {', '.join(missing)} never entered during run (the backend computed without it)"
+    if not run.guards_ok:
+        return "wrote outside the output buffer (guard band changed)"
+    if run.unwritten:
+        return f"{run.unwritten} output elements never written (poison pattern left)"
+    return None
+
+
+def _reference(b: Backend, p: MoEProblem):
+    return p.reference(b.capability.rounding, budget_for(p.fmt.name, b.name))
+
+
+def _judge(b: Backend, p: MoEProblem, prepared=None) -> tuple[Outcome, torch.Tensor | None]:
+    prepared = b.prepare(p) if prepared is None else prepared
+    run = run_backend(b, prepared, p)
+    bad = _ran(b, run)
+    if bad:
+        return Outcome("fail", bad), run.out
+    ref = _reference(b, p)
+    c = compare(run.out, ref.out, ref.bound)
+    return Outcome("pass" if c.passed else "fail", c.summary(), c), run.out
+
+
+def matches_reference(b: Backend, case: Case, device) -> Outcome:
+    return _judge(b, build(case, device))[0]
+
+
+def kernel_ran(b: Backend, case: Case, device) -> Outcome:
+    p = build(case, device)
+    run = run_backend(b, b.prepare(p), p)
+    counts = ", ".join(f"{n} x{c}" for n, c in run.spy_counts.items()) or "no spies declared"
+    if not b.spies:
+        return Outcome("fail", "backend declares no spies: nothing proves its kernel ran")
+    bad = _ran(b, run)
+    return Outcome("fail", bad) if bad else Outcome("pass", counts)
+
+
+def output_contract(b: Backend, case: Case, device) -> Outcome:
+    """Poisoned output buffer + guard bands (out=) and, for allocating backends, a flooded cache."""
+    p = build(case, device)
+    prepared = b.prepare(p)
+    for use_out in ([True, False] if b.capability.out_buffer else [False]):
+        run = run_backend(b, prepared, p, use_out=use_out)
+        bad = _ran(b, run)
+        if bad:
+            return Outcome("fail", f"{'out=' if use_out else 'allocated'} output: {bad}")
+    return Outcome("pass", "fully written, guards intact")
+
+
+def padded_sizes(b: Backend, case: Case) -> tuple[int, int]:
+    """(H', I') the padding property runs the backend at: past the sizes, on its alignments."""
+    cap, fmt = b.capability, get_format(case.format)
+    hp = round_up(case.hidden + 1, math.lcm(cap.hidden_align, fmt.k_multiple, 16))
+    ip = round_up(case.inter + 1, math.lcm(cap.inter_align, fmt.k_multiple, 16, weight_block_rows(fmt)))
+    return hp, ip
+
+
+def padded_equals_unpadded(b: Backend, case: Case, device) -> Outcome:
+    """Pad H and I to the backend's alignment (and beyond); the unpadded reference is the truth."""
+    p = build(case, device)
+    hp, ip = padded_sizes(b, case)
+    pp = build(case, device, pad_to=(hp, ip))
+    run = run_backend(b, b.prepare(pp), pp)
+    bad = _ran(b, run)
+    if bad:
+        return Outcome("fail", f"padded H={hp} I={ip}: {bad}")
+    ref = _reference(b, p)
+    c = compare(run.out[:, :case.hidden], ref.out, ref.bound)
+    return Outcome("pass" if c.passed else "fail", f"padded H={hp} I={ip}: {c.summary()}", c)
+
+
+def permutation_equivariant(b: Backend, case: Case, device) -> Outcome:
+    p = build(case, device)
+    if p.tokens < 2:
+        return Outcome("skip", "needs >= 2 tokens")
+    g = torch.Generator().manual_seed(case.seed + 1)
+    perm = torch.randperm(p.tokens, generator=g).to(p.device)
+    pp = p.with_(hidden_states=p.hidden_states[perm], topk_weights=p.topk_weights[perm], topk_ids=p.topk_ids[perm],
+                 token_lora=None if p.token_lora is None else p.token_lora[perm])
+    prepared = b.prepare(p)
+    r1, r2 = run_backend(b, prepared, p), run_backend(b, prepared, pp)
+    bad = _ran(b, r1) or _ran(b, r2)
+    if bad:
+        return Outcome("fail", bad)
+    ref = _reference(b, p)
+    c = compare(r2.out, r1.out[perm], ref.bound[perm])
+    bitwise = bool(torch.equal(r2.out, r1.out[perm]))
+    return Outcome("pass" if c.passed else "fail", f"bitwise={bitwise}; {c.summary()}", c, info={"bitwise": bitwise})
+
+
+def _claimed(ok: bool, claim: bool, what: str, detail: str) -> Outcome:
+    if ok:
+        return Outcome("pass", detail)
+    if claim:
+        return Outcome("fail", f"record claims {what}, but {detail}")
+    return Outcome("skip", f"not claimed by the record; observed: {detail}", info={"unclaimed": True})
+
+
+def deterministic(b: Backend, case: Case, device) -> Outcome:
+    p = build(case, device)
+    prepared = b.prepare(p)
+    outs = [run_backend(b, prepared, p).out.clone() for _ in range(3)]
+    n = sum(int((o.view(torch.int16) != outs[0].view(torch.int16)).sum()) for o in outs[1:])
+    return _claimed(n == 0, b.capability.deterministic, "bitwise determinism", f"{n} elements differ across 3 reruns")
+
+
+def batch_invariant(b: Backend, case: Case, device) -> Outcome:
+    p = build(case, device)
+    if p.tokens < 2:
+        return Outcome("skip", "needs >= 2 tokens")
+    h = p.tokens // 2
+    sub = p.with_(hidden_states=p.hidden_states[:h], topk_weights=p.topk_weights[:h], topk_ids=p.topk_ids[:h],
+                  token_lora=None if p.token_lora is None else p.token_lora[:h])
+    prepared = b.prepare(p)
+    full, part = run_backend(b, prepared, p).out, run_backend(b, prepared, sub).out
+    n = int((full[:h].view(torch.int16) != part.view(torch.int16)).sum())
+    return _claimed(n == 0, b.capability.batch_invariant, "batch invariance",
+                    f"{n} elements of the first {h} tokens differ when run alone")
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    check: Callable[[Backend, Case, object], Outcome]
+    doc: str
+    gating: bool = True  # False: reported on its own, fails only where the record claims it
+
+
+PROPERTIES: dict[str, Property] = {p.name: p for p in [
+    Property("matches_reference", matches_reference, "output within the error-model bound; finite where the reference is"),
+    Property("kernel_ran", kernel_ran, "the backend's declared kernels were entered"),
+    Property("output_contract", output_contract, "every output element written, nothing written outside"),
+    Property("padded_equals_unpadded", padded_equals_unpadded, "padded H/I give the unpadded answer"),
+    Property("permutation_equivariant", permutation_equivariant, "permuting tokens permutes the output"),
+    Property("deterministic", deterministic, "bitwise-identical reruns", gating=False),
+    Property("batch_invariant", batch_invariant, "a token's output does not depend on its batch", gating=False),
+]}
+
+
+def check(b: Backend, case: Case, device) -> Outcome:
+    t0 = time.perf_counter()
+    out = PROPERTIES[case.property].check(b, case, device)
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    out.duration_s = time.perf_counter() - t0
+    return out

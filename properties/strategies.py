@@ -1,0 +1,79 @@
+"""Hypothesis strategies: draw a case's structure (+ a seed) within what a backend's record allows.
+
+Sizes are drawn as multiples of the alignment the format and backend need, times a drawn factor,
+plus deliberately awkward ones (not multiples of 16/32/128/256) where the record allows any size.
+Routing draws include skew, everything on one expert and empty experts; values include outliers,
+tiny magnitudes near scale underflow and block maxima on rounding boundaries.
+"""
+from __future__ import annotations
+
+import math
+
+from hypothesis import strategies as st
+from moecheck.backends.base import Backend
+from moecheck.properties.case import ROUTINGS, VALUES, Case, weight_block_rows
+from moecheck.reference.activations import ACTIVATIONS
+from moecheck.reference.formats import get_format
+
+# sizes: (max tokens, max hidden, max inter, max experts) per budget; CPU CI keeps them small
+LIMITS = {"cpu": (40, 256, 160, 10), "cuda": (600, 2048, 1024, 64)}
+AWKWARD = (1, 3, 7, 15, 17, 31, 33, 100, 127, 129, 255, 257)
+
+
+def _size(align: int, hi: int):
+    """A multiple of `align` up to ~hi, with awkward sizes when align allows them."""
+    hi = max(hi, align)
+    aligned = st.integers(1, max(1, hi // align)).map(lambda m: m * align)
+    if align == 1:
+        return st.one_of(st.sampled_from([a for a in AWKWARD if a <= hi]), aligned)
+    return aligned
+
+
+@st.composite
+def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "cpu") -> Case:
+    cap = backend.capability
+    fmt = get_format(fmt_name)
+    t_max, h_max, i_max, e_max = LIMITS[device_kind]
+    h_align = math.lcm(cap.hidden_align, fmt.k_multiple)
+    i_align = math.lcm(cap.inter_align, fmt.k_multiple)
+    if prop == "padded_equals_unpadded":  # the point is sizes the kernel cannot take unpadded
+        h_align, i_align = fmt.k_multiple, math.lcm(fmt.k_multiple, weight_block_rows(fmt))
+    e_max = min(e_max, cap.max_experts or e_max)
+    experts = draw(st.integers(1, e_max))
+    ep_remote = draw(st.integers(0, experts - 1)) if cap.expert_map and experts > 1 and draw(st.booleans()) else 0
+    k_max = min(experts, cap.max_top_k or experts, 8)
+    on_input = cap.weights_on_input and draw(st.integers(0, 9)) == 0
+    top_k = 1 if on_input else draw(st.integers(1, k_max))
+    t_hi = max(min(t_max, cap.max_tokens or t_max), cap.min_tokens)
+    tokens = draw(st.one_of(st.sampled_from([0, 1, 2]), st.integers(0, t_hi)).map(lambda t: max(t, cap.min_tokens)))
+    acts = sorted(a for a in cap.activations if a in ACTIVATIONS)
+    lora_ok = cap.lora and prop != "padded_equals_unpadded"
+    return Case(
+        backend=backend.name, format=fmt_name, property=prop, tokens=tokens,
+        hidden=draw(_size(h_align, h_max)), inter=draw(_size(i_align, i_max)), experts=experts, top_k=top_k,
+        dtype=draw(st.sampled_from(sorted(str(d).replace("torch.", "") for d in cap.dtypes
+                                          if str(d).replace("torch.", "") in ("bfloat16", "float16")))),
+        activation=draw(st.sampled_from(acts)), routing=draw(st.sampled_from(ROUTINGS)),
+        renormalize=draw(st.booleans()), values=draw(st.sampled_from(VALUES)), ep_remote=ep_remote,
+        bias=cap.bias and draw(st.booleans()),
+        lora_adapters=draw(st.integers(0, 3)) if lora_ok else 0, lora_rank=draw(st.sampled_from([1, 4, 8])),
+        weights_on_input=on_input, seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def fit(case: Case, backend: Backend) -> Case:
+    """Adjust a pinned case to a backend/format: sizes up to the alignments, unsupported features off."""
+    cap = backend.capability
+    fmt = get_format(case.format)
+    up = lambda n, a: -(-n // a) * a  # noqa: E731
+    hal = math.lcm(fmt.k_multiple, 1 if case.property == "padded_equals_unpadded" else cap.hidden_align)
+    ial = math.lcm(fmt.k_multiple, weight_block_rows(fmt) if case.property == "padded_equals_unpadded" else cap.inter_align)
+    act = case.activation if case.activation in cap.activations else sorted(cap.activations)[0]
+    dtype = case.dtype if any(str(d).endswith(case.dtype) for d in cap.dtypes) else str(sorted(cap.dtypes, key=str)[0]).replace("torch.", "")
+    return case.with_(
+        tokens=max(case.tokens, cap.min_tokens),
+        hidden=up(case.hidden, hal), inter=up(case.inter, ial), activation=act, dtype=dtype,
+        ep_remote=case.ep_remote if cap.expert_map else 0, bias=case.bias and cap.bias,
+        lora_adapters=case.lora_adapters if cap.lora else 0,
+        weights_on_input=case.weights_on_input and cap.weights_on_input,
+        top_k=min(case.top_k, cap.max_top_k or case.top_k))

@@ -1,0 +1,83 @@
+"""Meta-tests: the properties catch planted bugs in a toy backend and pass the correct one."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+from moecheck.backends import registry
+from moecheck.properties.case import Case
+from moecheck.properties.checks import check
+from moecheck.tests.backends import example_plugin  # noqa: F401  (registers toy_moe)
+from moecheck.tests.checkout import IS_CHECKOUT, NOT_A_CHECKOUT, ROOT
+
+CASES = [Case(tokens=t, hidden=64, inter=32, experts=4, top_k=2, seed=s) for t, s in ((9, 1), (17, 2), (5, 3))]
+
+
+def _toy(bug):
+    b = dataclasses.replace(registry.get("toy_moe"))
+    b.bug = bug
+    return b
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8_token_channel"])
+@pytest.mark.parametrize("prop", ["matches_reference", "output_contract", "kernel_ran"])
+def test_correct_toy_passes(fmt, prop):
+    for c in CASES:
+        assert check(_toy(""), c.with_(backend="toy_moe", format=fmt, property=prop), "cpu").verdict == "pass"
+
+
+@pytest.mark.parametrize("bug,fmt,prop", [
+    ("swapped_scales", "fp8_token_channel", "matches_reference"),
+    ("missing_renorm", "bf16", "matches_reference"),
+    ("unwritten_last_rows", "bf16", "output_contract"),
+])
+def test_planted_bug_is_caught(bug, fmt, prop):
+    outs = [check(_toy(bug), c.with_(backend="toy_moe", format=fmt, property=prop), "cpu") for c in CASES]
+    assert all(o.verdict == "fail" for o in outs), [o.message for o in outs]
+
+
+def test_kernel_not_called_is_caught(monkeypatch):
+    b = _toy("")
+    b.spies = ("moecheck.tests.backends.example_plugin:ToyMoE",)  # never called during run
+    out = check(b, CASES[0].with_(backend="toy_moe", property="kernel_ran"), "cpu")
+    assert out.verdict == "fail" and "never entered" in out.message
+
+
+def test_plugin_loads_through_env_and_lists():
+    env = dict(os.environ, MOECHECK_PLUGINS="moecheck.tests.backends.example_plugin")
+    res = subprocess.run([sys.executable, "-m", "moecheck.ci.cli", "backends"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and "toy_moe" in res.stdout
+
+
+def test_broken_plugin_is_listed_unavailable():
+    env = dict(os.environ, MOECHECK_PLUGINS="no_such_module_xyz")
+    res = subprocess.run([sys.executable, "-m", "moecheck.ci.cli", "backends"], capture_output=True, text=True, env=env)
+    assert "plugin:no_such_module_xyz" in res.stdout and "unavailable" in res.stdout
+
+
+def _bash_block(readme: str, heading: str) -> list[str]:
+    section = readme.split(f"## {heading}\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_commands_match_ci():
+    """.ci/run runs the README's install and test commands, as written there and in that order."""
+    if not IS_CHECKOUT:
+        pytest.skip(NOT_A_CHECKOUT)
+    readme = (ROOT / "README.md").read_text()
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
+    want = _bash_block(readme, "Install") + _bash_block(readme, "Test")
+    assert any("pip install" in line for line in want) and any(line.startswith("pytest") for line in want)
+    at = [ci.index(line) for line in want]  # ValueError names a README line .ci/run lacks
+    assert at == sorted(at), f"{want} run out of order in .ci/run"
+
+
+def test_worker_gpu_pinning_round_robin():
+    from moecheck.properties.pytest_plugin import pin_worker_gpu
+
+    envs = [{"PYTEST_XDIST_WORKER": f"gw{i}", "CUDA_VISIBLE_DEVICES": "0,1"} for i in range(4)]
+    assert [pin_worker_gpu(e) for e in envs] == ["0", "1", "0", "1"]
+    assert pin_worker_gpu({"PYTEST_XDIST_WORKER": "gw3", "MOECHECK_GPUS": "3", "CUDA_VISIBLE_DEVICES": ""}) == "0"
+    assert pin_worker_gpu({}) is None

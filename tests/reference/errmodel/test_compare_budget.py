@@ -1,0 +1,105 @@
+"""compare() reports the worst element and non-finite outputs; budget_for merges entries by max;
+requant_var's held-scale probe reproduces the quantizer exactly when nothing moves."""
+from __future__ import annotations
+
+import dataclasses
+from fnmatch import fnmatchcase
+
+import pytest
+import torch
+from moecheck.reference.errmodel import (
+    ErrorBudget,
+    budget_for,
+    compare,
+    propagate,
+    table,
+)
+from moecheck.reference.formats import FORMATS
+from moecheck.reference.quantize import quantize
+from moecheck.tests.reference.errmodel.dense import make_problem, one_torch_thread  # noqa: F401 (autouse)
+
+
+def test_compare_reports_the_worst_normalized_element():
+    ref = torch.zeros(3, 4)
+    bound = torch.ones(3, 4)
+    bound[2, 1] = 0.1
+    out = ref.clone()
+    out[1, 3] = 0.9  # larger absolute difference, within its bound
+    out[2, 1] = 0.3  # smaller difference, 3x its bound: the worst
+    c = compare(out, ref, bound)
+    assert not c.passed and c.where == (2, 1) and c.nonfinite == 0
+    assert (c.got, c.want) == (out[2, 1].item(), 0.0) and c.bound == bound[2, 1].item()
+    assert c.max_norm_err == (out[2, 1] / bound[2, 1]).item() > 1 and "(2, 1)" in c.summary()
+    ok = compare(ref.clone(), ref, bound * 0)  # exact equality passes even against a zero bound
+    assert ok.passed and ok.max_norm_err == 0.0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_compare_flags_nonfinite_where_the_reference_is_finite(bad):
+    ref, bound = torch.ones(2, 5), torch.ones(2, 5)
+    out = ref.clone()
+    out[1, 2] = bad
+    out[0, 4] = bad
+    c = compare(out.bfloat16(), ref, bound)
+    assert not c.passed and c.nonfinite == 2 and c.where == (0, 4)
+    assert "non-finite" in c.summary()
+
+
+def test_compare_ignores_nonfinite_where_the_reference_is_nonfinite_and_checks_shape():
+    ref = torch.tensor([[1.0, float("nan"), float("inf")]])
+    out = torch.tensor([[1.0, float("nan"), float("inf")]])
+    assert compare(out, ref, torch.ones(1, 3)).passed
+    assert not compare(torch.ones(3, 1), torch.ones(1, 3), torch.ones(1, 3)).shape_ok
+    assert compare(torch.ones(0, 3), torch.ones(0, 3), torch.ones(0, 3)).passed
+
+
+BACKENDS = ["cpu_loop", "torch_compile", "torch_compile_max", "torch_scaled_grouped_mm", "vllm_lora", "planted"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_budget_for_is_the_fieldwise_max_of_matching_entries(backend):
+    fields = [f.name for f in dataclasses.fields(ErrorBudget)]
+    base = table.TABLE[0].budget
+    for fmt in FORMATS:
+        got = budget_for(fmt, backend)
+        match = [e.budget for e in table.TABLE if fnmatchcase(fmt, e.formats) and fnmatchcase(backend, e.backends)]
+        for f in fields:
+            assert getattr(got, f) == max(getattr(b, f) for b in match)
+            assert getattr(got, f) >= getattr(base, f)  # never tighter than the baseline
+
+
+def test_a_more_specific_entry_never_tightens(monkeypatch):
+    tight = table.Entry("nvfp4", "planted", ErrorBudget(z=1.0, acc_unit=0.0, flip_sigmas=0.0), "a planted tightening")
+    monkeypatch.setattr(table, "TABLE", table.TABLE + [tight])
+    assert budget_for("nvfp4", "planted") == budget_for("mxfp8", "planted") == table.TABLE[0].budget
+    loose = table.Entry("nvfp4", "planted", ErrorBudget(z=9.0), "a planted loosening")
+    monkeypatch.setattr(table, "TABLE", table.TABLE + [loose])
+    assert budget_for("nvfp4", "planted").z == 9.0 and budget_for("mxfp8", "planted").z == table.TABLE[0].budget.z
+
+
+def test_every_entry_loosens_something_and_says_why():
+    """An entry that cannot loosen any field is dead under the max-merge (it would only mislead)."""
+    fields = [f.name for f in dataclasses.fields(ErrorBudget)]
+    base = table.TABLE[0].budget
+    for e in table.TABLE[1:]:
+        assert any(getattr(e.budget, f) > getattr(base, f) for f in fields), e.why
+        assert e.why.strip()
+
+
+def test_merge_is_commutative_and_idempotent():
+    a, b = ErrorBudget(z=7.0), ErrorBudget(acc_unit=2.0**-10, lora_rel=0.5)
+    assert a.merge(b) == b.merge(a) and a.merge(a) == a
+
+
+@pytest.mark.parametrize("fmt_name", sorted(n for n, f in FORMATS.items() if f.act is not None))
+def test_held_scale_probe_reproduces_the_quantizer(fmt_name):
+    """requant_var's held-scale re-quantization of the unperturbed input is bit-identical to
+    quantize().dequantize() (else it would charge phantom flips), and zero sigma charges nothing."""
+    fmt = FORMATS[fmt_name]
+    p = make_problem(fmt, "silu", T=12, seed=1)
+    x = p["hidden_states"].float()
+    q = quantize(x, fmt.act, p.get("a1_scale"))
+    held = propagate._on_scales(x, fmt.act, propagate._element_scales(q, q.scale_values()), q.global_scale)
+    assert torch.equal(held, q.dequantize())
+    v = propagate.requant_var(x, torch.zeros_like(x), fmt.act, p.get("a1_scale"), budget_for(fmt_name, "x"), 1.0)
+    assert not bool(v.any())
