@@ -8,7 +8,7 @@ import sys
 import types
 
 import pytest
-from moecheck.ci.results import cli
+from moecheck.ci.cli import results as cli
 from moecheck.ci.results.bisect import ABORT, BAD, GOOD, SKIP, bisect_exit_code
 from moecheck.ci.results.store import ResultStore
 from moecheck.reference.errors import MoecheckError

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from moecheck.ci.results import cli
+from moecheck.ci.cli import results as cli
 from moecheck.tests.ci.factories import populated_store
 
 

@@ -1,10 +1,6 @@
-"""`moecheck` command line: backends, run, repro, audit (+ dashboard/history/bisect-run).
-
-Bad input gives one line on stderr and exit 2, never a traceback.
-"""
+"""`moecheck run` (the property suite in pytest, then a table) and `moecheck report DIR`."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -15,26 +11,6 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from moecheck.reference.errors import MoecheckError
-
-
-def _backends(args) -> int:
-    from moecheck.backends import registry
-
-    bs = registry.load_all(tuple(args.plugin))
-    w = max([26, *map(len, bs)]) + 1
-    print(f"{'backend':{w}s} {'status':12s} {'where / why':44s} formats")
-    for name, b in sorted(bs.items()):
-        av = b.availability()
-        verified = "" if b.capability.verified else "  [not verified on hardware]"
-        fm = ",".join(sorted(b.capability.formats)) or "-"
-        fm = fm if len(fm) < 70 else fm[:67] + "..."
-        print(f"{name:{w}s} {'available' if av.ok else 'unavailable':12s} {av.reason[:44]:44s} {fm}{verified}")
-        if args.verbose:
-            for v in b.capability.verified:
-                print(f"    verified: {v}")
-            for lim in b.capability.limitations:
-                print(f"    limitation: {lim.text} {lim.link}")
-    return 0
 
 
 SELECT_ENV = {"backend": "MOECHECK_SELECT_BACKENDS", "format": "MOECHECK_SELECT_FORMATS", "property": "MOECHECK_SELECT_PROPERTIES"}
@@ -115,27 +91,6 @@ def _table(rows: list[dict], report: Path, wall: float) -> None:
     print(f"\nwall time {wall:.0f} s; full report: {report / 'results.jsonl'} (summary: {report / 'summary.txt'})")
 
 
-def _repro(args) -> int:
-    from moecheck.properties.repro import main
-
-    return main(args.file, args.case)
-
-
-def _audit(args) -> int:
-    from moecheck.backends import registry
-    from moecheck.properties.audit import audit_backend
-
-    bs = registry.load_all(tuple(args.plugin))
-    names = args.backend or sorted(bs)
-    print(f"{'backend':24s} {'probe':26s} {'outcome':15s} detail")
-    worst = 0
-    for n in names:
-        for r in audit_backend(registry.get(n)):
-            print(f"{r.backend:24s} {r.probe:26s} {r.outcome:15s} {r.detail[:100]}")
-            worst = max(worst, int(r.outcome in ("silently wrong", "non-finite")))
-    return worst
-
-
 def _report(args) -> int:
     path = Path(args.dir) / "results.jsonl"
     if not path.is_file():
@@ -145,13 +100,7 @@ def _report(args) -> int:
     return 1 if any(r["outcome"] == "failed" for r in rows) else 0
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="moecheck", description="correctness suite for MoE GPU kernels")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("backends", help="list backends, available or not, with the reason")
-    p.add_argument("--plugin", action="append", default=[], help="module defining extra backends")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(fn=_backends)
+def register(sub) -> None:
     p = sub.add_parser("run", help="property suite over every available backend, then a backend x format table")
     p.add_argument("--backend", action="append", default=[])
     p.add_argument("--format", action="append", default=[])
@@ -162,39 +111,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=None, help="append the results to this SQLite store")
     p.add_argument("--plugin", action="append", default=[])
     p.set_defaults(fn=_run)
-    p = sub.add_parser("repro", help="replay one case: exit 0 pass, 1 fail, 125 cannot run here")
-    p.add_argument("file", nargs="?", default=None)
-    p.add_argument("--case", default=None, help="the case as JSON")
-    p.set_defaults(fn=_repro)
     p = sub.add_parser("report", help="print the backend x format table of a (possibly interrupted) run")
     p.add_argument("dir")
     p.set_defaults(fn=_report)
-    p = sub.add_parser("audit", help="try what each record says is unsupported")
-    p.add_argument("--backend", action="append", default=[])
-    p.add_argument("--plugin", action="append", default=[])
-    p.set_defaults(fn=_audit)
-    try:
-        from moecheck.ci.results import cli as results_cli
-
-        results_cli.register(sub)
-    except ImportError:
-        pass
-    from moecheck.ci import (
-        e2e_cli,  # stdlib-only at import: lm-eval is imported when a gate runs
-    )
-
-    e2e_cli.register(sub)
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except MoecheckError as e:
-        print(f"moecheck {args.cmd}: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from moecheck.ci.cli import main
+
+sys.exit(main())
