@@ -20,14 +20,25 @@ BUILTIN_MODULES = ("moecheck.backends.cpu_loop", "moecheck.backends.torch_groupe
                    "moecheck.backends.flashinfer")
 
 _REGISTRY: dict[str, Backend] = {}
+_ORIGIN: dict[str, str] = {}  # backend name -> the module that registered it
 _LOADED: set[str] = set()
+_LOADING: list[str] = []  # modules being imported by _load_module, innermost last
 
 
 def register(backend: Backend) -> Backend:
     require(isinstance(backend, Backend), f"register() needs a moecheck.backends.Backend, got {type(backend).__name__}")
     require(backend.name not in _REGISTRY or _REGISTRY[backend.name] is backend, f"backend name {backend.name!r} registered twice")
     _REGISTRY[backend.name] = backend
+    _ORIGIN.setdefault(backend.name, _LOADING[-1] if _LOADING else getattr(type(backend), "__module__", ""))
     return backend
+
+
+def plugin_of(name: str) -> str | None:
+    """The plugin module a replay must load to find backend `name`; None for built-ins."""
+    mod = _ORIGIN.get(name)
+    if mod is None or any(mod == b or mod.startswith(b + ".") for b in BUILTIN_MODULES):
+        return None
+    return mod
 
 
 class _Broken(Backend):
@@ -42,14 +53,18 @@ def _load_module(mod: str) -> None:
     if mod in _LOADED:
         return
     _LOADED.add(mod)
+    _LOADING.append(mod)
     try:
-        m = importlib.import_module(mod)
-    except Exception as e:  # a broken plugin must show up, with why, not vanish
-        register(_Broken(f"plugin:{mod}", f"import failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
-        return
-    for b in getattr(m, "BACKENDS", ()):
-        if b.name not in _REGISTRY:
-            register(b)
+        try:
+            m = importlib.import_module(mod)
+        except Exception as e:  # a broken plugin must show up, with why, not vanish
+            register(_Broken(f"plugin:{mod}", f"import failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+            return
+        for b in getattr(m, "BACKENDS", ()):
+            if b.name not in _REGISTRY:
+                register(b)
+    finally:
+        _LOADING.pop()
 
 
 def plugin_modules(extra: tuple[str, ...] = ()) -> list[str]:

@@ -1,7 +1,10 @@
 """The properties, one function each: (backend, case) -> Outcome. Records over if-chains: PROPERTIES.
 
 Every run goes through harness.run_backend, so every property also proves the kernel ran (spies)
-and that its output contract held; a failure of either is reported as such.
+and that its output contract held; a failure of either is reported as such. A backend that raises,
+returns None or a wrongly shaped tensor fails the property like a wrong number does (check() turns
+harness.BackendRaised / ContractBroken into a `fail` Outcome), except in edge_contract, where a
+clean exception is `refused`: a library may decline an empty batch, but must not crash on it.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import torch
 from moecheck.backends.base import Backend
 from moecheck.backends.problem import MoEProblem
 from moecheck.properties.case import Case, build, weight_block_rows
-from moecheck.properties.harness import run_backend
+from moecheck.properties import isolation
+from moecheck.properties.harness import BackendRaised, ContractBroken, prepare, run_backend
 from moecheck.reference.errmodel import budget_for, compare
 from moecheck.reference.errmodel.compare import Comparison
 from moecheck.reference.formats import get_format
@@ -23,16 +27,16 @@ from moecheck.reference.padding import round_up
 
 @dataclass
 class Outcome:
-    verdict: str  # pass | fail | skip
+    verdict: str  # pass | fail | skip | refused
     message: str = ""
     cmp: Comparison | None = None
     duration_s: float = 0.0
     info: dict = field(default_factory=dict)
 
 
-def _ran(b: Backend, run) -> str | None:
+def _ran(b: Backend, run, need_spies: bool = True) -> str | None:
     missing = [n for n, c in run.spy_counts.items() if c == 0]
-    if missing:
+    if missing and need_spies:
         return f"kernel not called: {', '.join(missing)} never entered during run (the backend computed without it)"
     if not run.guards_ok:
         return "wrote outside the output buffer (guard band changed)"
@@ -45,10 +49,10 @@ def _reference(b: Backend, p: MoEProblem):
     return p.reference(b.capability.rounding, budget_for(p.fmt.name, b.name))
 
 
-def _judge(b: Backend, p: MoEProblem, prepared=None) -> tuple[Outcome, torch.Tensor | None]:
-    prepared = b.prepare(p) if prepared is None else prepared
+def _judge(b: Backend, p: MoEProblem, prepared=None, need_spies: bool = True) -> tuple[Outcome, torch.Tensor | None]:
+    prepared = prepare(b, p) if prepared is None else prepared
     run = run_backend(b, prepared, p)
-    bad = _ran(b, run)
+    bad = _ran(b, run, need_spies)
     if bad:
         return Outcome("fail", bad), run.out
     ref = _reference(b, p)
@@ -60,9 +64,21 @@ def matches_reference(b: Backend, case: Case, device) -> Outcome:
     return _judge(b, build(case, device))[0]
 
 
+def edge_contract(b: Backend, case: Case, device) -> Outcome:
+    """An edge of the contract (empty batch, one token, more experts than tokens, top_k = E, an expert
+    with no rows): the output matches the reference and is fully written, or the library refuses the
+    call with a clear exception. A device error is never a refusal."""
+    try:  # an empty batch has nothing to launch: a kernel may rightly return before its spy is reached
+        return _judge(b, build(case, device), need_spies=case.tokens > 0)[0]
+    except BackendRaised as e:
+        if isolation.is_device_error(e.exc):
+            return Outcome("fail", f"{e} (a device error is not a refusal)", info={"device_error": True})
+        return Outcome("refused", str(e))
+
+
 def kernel_ran(b: Backend, case: Case, device) -> Outcome:
     p = build(case, device)
-    run = run_backend(b, b.prepare(p), p)
+    run = run_backend(b, prepare(b, p), p)
     counts = ", ".join(f"{n} x{c}" for n, c in run.spy_counts.items()) or "no spies declared"
     if not b.spies:
         return Outcome("fail", "backend declares no spies: nothing proves its kernel ran")
@@ -73,7 +89,7 @@ def kernel_ran(b: Backend, case: Case, device) -> Outcome:
 def output_contract(b: Backend, case: Case, device) -> Outcome:
     """Poisoned output buffer + guard bands (out=) and, for allocating backends, a flooded cache."""
     p = build(case, device)
-    prepared = b.prepare(p)
+    prepared = prepare(b, p)
     for use_out in ([True, False] if b.capability.out_buffer else [False]):
         run = run_backend(b, prepared, p, use_out=use_out)
         bad = _ran(b, run)
@@ -95,7 +111,7 @@ def padded_equals_unpadded(b: Backend, case: Case, device) -> Outcome:
     p = build(case, device)
     hp, ip = padded_sizes(b, case)
     pp = build(case, device, pad_to=(hp, ip))
-    run = run_backend(b, b.prepare(pp), pp)
+    run = run_backend(b, prepare(b, pp), pp)
     bad = _ran(b, run)
     if bad:
         return Outcome("fail", f"padded H={hp} I={ip}: {bad}")
@@ -112,7 +128,7 @@ def permutation_equivariant(b: Backend, case: Case, device) -> Outcome:
     perm = torch.randperm(p.tokens, generator=g).to(p.device)
     pp = p.with_(hidden_states=p.hidden_states[perm], topk_weights=p.topk_weights[perm], topk_ids=p.topk_ids[perm],
                  token_lora=None if p.token_lora is None else p.token_lora[perm])
-    prepared = b.prepare(p)
+    prepared = prepare(b, p)
     r1, r2 = run_backend(b, prepared, p), run_backend(b, prepared, pp)
     bad = _ran(b, r1) or _ran(b, r2)
     if bad:
@@ -133,7 +149,7 @@ def _claimed(ok: bool, claim: bool, what: str, detail: str) -> Outcome:
 
 def deterministic(b: Backend, case: Case, device) -> Outcome:
     p = build(case, device)
-    prepared = b.prepare(p)
+    prepared = prepare(b, p)
     outs = [run_backend(b, prepared, p).out.clone() for _ in range(3)]
     n = sum(int((o.view(torch.int16) != outs[0].view(torch.int16)).sum()) for o in outs[1:])
     return _claimed(n == 0, b.capability.deterministic, "bitwise determinism", f"{n} elements differ across 3 reruns")
@@ -146,7 +162,7 @@ def batch_invariant(b: Backend, case: Case, device) -> Outcome:
     h = p.tokens // 2
     sub = p.with_(hidden_states=p.hidden_states[:h], topk_weights=p.topk_weights[:h], topk_ids=p.topk_ids[:h],
                   token_lora=None if p.token_lora is None else p.token_lora[:h])
-    prepared = b.prepare(p)
+    prepared = prepare(b, p)
     full, part = run_backend(b, prepared, p).out, run_backend(b, prepared, sub).out
     n = int((full[:h].view(torch.int16) != part.view(torch.int16)).sum())
     return _claimed(n == 0, b.capability.batch_invariant, "batch invariance",
@@ -163,6 +179,7 @@ class Property:
 
 PROPERTIES: dict[str, Property] = {p.name: p for p in [
     Property("matches_reference", matches_reference, "output within the error-model bound; finite where the reference is"),
+    Property("edge_contract", edge_contract, "edge shapes run correctly or are refused with a clear error"),
     Property("kernel_ran", kernel_ran, "the backend's declared kernels were entered"),
     Property("output_contract", output_contract, "every output element written, nothing written outside"),
     Property("padded_equals_unpadded", padded_equals_unpadded, "padded H/I give the unpadded answer"),
@@ -173,9 +190,20 @@ PROPERTIES: dict[str, Property] = {p.name: p for p in [
 
 
 def check(b: Backend, case: Case, device) -> Outcome:
+    """Run one property on one case; whatever the backend raises or returns wrongly is the verdict."""
     t0 = time.perf_counter()
-    out = PROPERTIES[case.property].check(b, case, device)
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    try:
+        out = PROPERTIES[case.property].check(b, case, device)
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+    except BackendRaised as e:
+        out = Outcome("fail", str(e), info={"device_error": isolation.is_device_error(e.exc)})
+    except ContractBroken as e:
+        out = Outcome("fail", str(e))
+    except Exception as e:  # an asynchronous device error surfaces at the synchronize
+        if not isolation.is_device_error(e):
+            raise  # moecheck's own bug: a traceback, not a finding about the backend
+        out = Outcome("fail", f"device error after the run: {type(e).__name__}: {str(e).strip()[:300]}",
+                      info={"device_error": True})
     out.duration_s = time.perf_counter() - t0
     return out

@@ -69,6 +69,9 @@ def _count_gpus() -> int:
 pin_worker_gpu()
 
 
+_CONFIG: list = []
+
+
 def pytest_addoption(parser):
     g = parser.getgroup("moecheck")
     g.addoption("--moecheck-plugin", action="append", default=[], help="module defining extra backends (repeatable)")
@@ -85,33 +88,102 @@ def pytest_configure(config):
     rep = config.getoption("--moecheck-report", default=None)
     if rep:
         os.environ["MOECHECK_REPORT_DIR"] = rep
+    _CONFIG[:] = [config]  # logreport has no config argument; the result hook needs it
+
+
+def pytest_runtest_setup(item):
+    """After a crash anywhere in the run, this worker checks its GPU before going on (and says so)."""
+    from moecheck.properties import isolation
+
+    probe = isolation.probe_after_crash()
+    if probe is not None and not probe[0]:
+        import pytest
+
+        pytest.skip(f"this worker's GPU failed its health probe after a crash: {probe[1]}")
+
+
+class Hooks:
+    @staticmethod
+    def pytest_moecheck_result(row: dict, config) -> None:
+        """Called on the controller with each result row, just before it is written to results.jsonl
+        (the results store and the progress display listen here; see ci/)."""
+
+
+def pytest_addhooks(pluginmanager):
+    pluginmanager.add_hookspecs(Hooks)
+
+
+_KIND = {"test_property": "", "test_edge": "edge:", "test_pinned": "pinned:"}
+
+
+def _from_nodeid(nodeid: str) -> dict | None:
+    """backend, format, property of a template item, from its id alone (crashes and collection errors)."""
+    name, _, inner = nodeid.rpartition("::")[2].partition("[")
+    if name not in _KIND or not inner or inner.startswith("NOTSET"):  # NOTSET: an empty selection
+        return None
+    inner = inner.rstrip("]")
+    if inner.endswith("-unavailable"):
+        return {"backend": inner.removesuffix("-unavailable"), "format": "-", "property": "-"}
+    b, f, p = (inner.split("-", 2) + ["?", "?"])[:3]
+    return {"backend": b, "format": f, "property": _KIND[name] + p}
+
+
+def _message(report) -> str:
+    lr = report.longrepr
+    if report.skipped and isinstance(lr, tuple):
+        return lr[2].removeprefix("Skipped: ")
+    crash = getattr(lr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", ""):
+        return " | ".join(crash.message.strip().splitlines()[:3])[:1000]  # "ExcType: first lines"
+    return (str(lr).strip().splitlines() or [""])[-1][:1000] if lr else ""
+
+
+def _crashed(report, rec: dict) -> dict:
+    """xdist lost the worker while it ran this test: recover what the worker left (isolation.py)."""
+    from moecheck.properties import isolation
+    from moecheck.properties.case import Case
+    from moecheck.properties.repro import save_case
+
+    left = isolation.recover(report.nodeid) or {}
+    isolation.note_crash(report.nodeid, left.get("message", ""))
+    row = {**rec, "outcome": "crashed", "message": left.get("message", "the worker crashed and left no record"),
+           "traceback": left.get("traceback", ""), "repro": left.get("repro")}
+    if left.get("case"):
+        row["worst_case"] = left["case"]
+        try:
+            row["case_file"] = str(save_case(Case.from_json(left["case"])))
+        except Exception as e:  # noqa: BLE001  a half-written record still leaves its message
+            row["case_file"] = f"not saved: {e}"
+    return row
 
 
 def pytest_runtest_logreport(report):
-    """Controller side (or a plain run): one JSON line per property test, for `moecheck run`."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or report.when not in ("call", "setup"):
+    """Controller side (or a plain run): one JSON line per template test, for `moecheck run`."""
+    crashed = report.when == "???"  # how xdist reports a test whose worker died
+    if os.environ.get("PYTEST_XDIST_WORKER") or report.when not in ("call", "setup", "???"):
         return
-    if report.when == "setup" and not report.skipped:
+    if report.when == "setup" and report.passed:
         return
     props = dict(report.user_properties)
-    rec = props.get("moecheck")
+    rec = props.get("moecheck") or _from_nodeid(report.nodeid)
     if rec is None:
-        if "test_property[" not in report.nodeid:
-            return
-        inner = report.nodeid.split("[", 1)[1].rstrip("]")
-        b, f, p = (inner.removesuffix("-unavailable"), "-", "-") if inner.endswith("-unavailable") else inner.split("-", 2)
-        rec = {"backend": b, "format": f, "property": p, "max_norm_err": None}
+        return
     import json
     from pathlib import Path
 
+    if crashed:
+        row = _crashed(report, rec)
+    else:
+        outcome = "error" if report.when == "setup" and report.failed else rec.get("outcome") or report.outcome
+        if outcome == "refused" and not report.passed:
+            outcome = report.outcome  # a refusal that also failed elsewhere is that failure
+        # the test's own words where it left them (failure, refusal), else what pytest saw
+        msg = rec.get("message") or ("" if report.passed else _message(report))
+        row = {**rec, "outcome": outcome, "message": msg, "repro": props.get("moecheck_repro")}
+    row.update(duration_s=round(report.duration, 3), nodeid=report.nodeid)
+    for config in _CONFIG:  # the store first: whatever results.jsonl shows is already committed there
+        config.hook.pytest_moecheck_result(row=row, config=config)
     out = Path(os.environ.get("MOECHECK_REPORT_DIR", "moecheck-report"))
     out.mkdir(parents=True, exist_ok=True)
-    msg = ""
-    if report.skipped and isinstance(report.longrepr, tuple):
-        msg = report.longrepr[2].removeprefix("Skipped: ")
-    elif report.failed:
-        msg = str(report.longrepr).strip().splitlines()[-1][:500] if report.longrepr else ""
-    rec = {**rec, "outcome": report.outcome, "message": msg, "duration_s": round(report.duration, 3),
-           "repro": props.get("moecheck_repro"), "nodeid": report.nodeid}
     with open(out / "results.jsonl", "a") as fh:
-        fh.write(json.dumps(rec) + "\n")
+        fh.write(json.dumps(row) + "\n")

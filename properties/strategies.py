@@ -29,8 +29,46 @@ def _size(align: int, hi: int):
     return aligned
 
 
+# Edge contracts, each a test of its own (property edge_contract): name -> what the draw pins.
+# The numerics properties never draw these token counts, so a backend that fails T=0 is still
+# judged on everything else.
+EDGE_TOKENS = 3  # numerics draw T >= this; 0, 1 and 2 belong to the edges
+EDGES = {
+    "empty_batch": "T = 0",
+    "one_token": "T = 1",
+    "two_tokens": "T = 2",
+    "more_experts_than_tokens": "E > T",
+    "top_k_equals_experts": "top_k = E",
+    "expert_with_no_rows": "some local expert receives no token",
+}
+
+
+def _tokens(draw, cap, t_hi: int, edge: str | None, experts: int) -> int:
+    if edge == "empty_batch":
+        return 0
+    if edge in ("one_token", "two_tokens"):
+        return 1 if edge == "one_token" else 2
+    if edge == "more_experts_than_tokens":
+        return draw(st.integers(1, max(1, experts - 1)))
+    lo = max(EDGE_TOKENS, cap.min_tokens)
+    hi = max(t_hi, lo)
+    mid = min(max(lo, 16), hi)
+    return draw(st.one_of(st.integers(lo, mid), st.integers(mid, hi)))  # small batches and large ones alike
+
+
+def edge_applies(backend: Backend, edge: str) -> str | None:
+    """None if the record allows this edge, else why not."""
+    cap = backend.capability
+    e_max = min(LIMITS["cpu"][3], cap.max_experts or 10**9)
+    if edge in ("more_experts_than_tokens", "expert_with_no_rows") and e_max < 2:
+        return f"the record allows {e_max} expert(s)"
+    if edge == "more_experts_than_tokens" and cap.min_tokens > 1:
+        return f"the record needs >= {cap.min_tokens} tokens"
+    return None
+
+
 @st.composite
-def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "cpu") -> Case:
+def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "cpu", edge: str | None = None) -> Case:
     cap = backend.capability
     fmt = get_format(fmt_name)
     t_max, h_max, i_max, e_max = LIMITS[device_kind]
@@ -39,13 +77,19 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
     if prop == "padded_equals_unpadded":  # the point is sizes the kernel cannot take unpadded
         h_align, i_align = fmt.k_multiple, math.lcm(fmt.k_multiple, weight_block_rows(fmt))
     e_max = min(e_max, cap.max_experts or e_max)
-    experts = draw(st.integers(1, e_max))
+    e_min = 2 if edge in ("more_experts_than_tokens", "expert_with_no_rows") else 1
+    experts = draw(st.integers(min(e_min, e_max), e_max))
     ep_remote = draw(st.integers(0, experts - 1)) if cap.expert_map and experts > 1 and draw(st.booleans()) else 0
     k_max = min(experts, cap.max_top_k or experts, 8)
-    on_input = cap.weights_on_input and draw(st.integers(0, 9)) == 0
-    top_k = 1 if on_input else draw(st.integers(1, k_max))
+    on_input = cap.weights_on_input and edge is None and draw(st.integers(0, 9)) == 0
+    if edge == "top_k_equals_experts":
+        experts = min(experts, cap.max_top_k or 8, 8)
+        ep_remote = 0
+    if edge == "expert_with_no_rows":  # case.build leaves odd experts empty when the even ones can hold top_k
+        k_max, ep_remote = max(1, min(k_max, (experts + 1) // 2)), 0
+    top_k = 1 if on_input else experts if edge == "top_k_equals_experts" else draw(st.integers(1, k_max))
     t_hi = max(min(t_max, cap.max_tokens or t_max), cap.min_tokens)
-    tokens = draw(st.one_of(st.sampled_from([0, 1, 2]), st.integers(0, t_hi)).map(lambda t: max(t, cap.min_tokens)))
+    tokens = _tokens(draw, cap, t_hi, edge, experts)
     acts = sorted(a for a in cap.activations if a in ACTIVATIONS)
     lora_ok = cap.lora and prop != "padded_equals_unpadded"
     return Case(
@@ -53,7 +97,8 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         hidden=draw(_size(h_align, h_max)), inter=draw(_size(i_align, i_max)), experts=experts, top_k=top_k,
         dtype=draw(st.sampled_from(sorted(str(d).replace("torch.", "") for d in cap.dtypes
                                           if str(d).replace("torch.", "") in ("bfloat16", "float16")))),
-        activation=draw(st.sampled_from(acts)), routing=draw(st.sampled_from(ROUTINGS)),
+        activation=draw(st.sampled_from(acts)),
+        routing="empty_experts" if edge == "expert_with_no_rows" else draw(st.sampled_from(ROUTINGS)),
         renormalize=draw(st.booleans()), values=draw(st.sampled_from(VALUES)), ep_remote=ep_remote,
         bias=cap.bias and draw(st.booleans()),
         lora_adapters=draw(st.integers(0, 3)) if lora_ok else 0, lora_rank=draw(st.sampled_from([1, 4, 8])),
@@ -71,7 +116,7 @@ def fit(case: Case, backend: Backend) -> Case:
     act = case.activation if case.activation in cap.activations else sorted(cap.activations)[0]
     dtype = case.dtype if any(str(d).endswith(case.dtype) for d in cap.dtypes) else str(sorted(cap.dtypes, key=str)[0]).replace("torch.", "")
     return case.with_(
-        tokens=max(case.tokens, cap.min_tokens),
+        tokens=case.tokens if case.property == "edge_contract" else max(case.tokens, cap.min_tokens),
         hidden=up(case.hidden, hal), inter=up(case.inter, ial), activation=act, dtype=dtype,
         ep_remote=case.ep_remote if cap.expert_map else 0, bias=case.bias and cap.bias,
         lora_adapters=case.lora_adapters if cap.lora else 0,

@@ -4,11 +4,13 @@ from __future__ import annotations
 def _repro(args) -> int:
     from moecheck.properties.repro import main
 
-    return main(args.file, args.case)
+    return main(args.file, args.case, tuple(args.plugin), args.timeout)
 
 
 def register(sub) -> None:
     p = sub.add_parser("repro", help="replay one case: exit 0 pass, 1 fail, 125 cannot run here")
     p.add_argument("file", nargs="?", default=None)
     p.add_argument("--case", default=None, help="the case as JSON")
+    p.add_argument("--plugin", action="append", default=[], help="module defining the case's backend (repeatable)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before the replay counts as a hang (default 300)")
     p.set_defaults(fn=_repro)

@@ -111,7 +111,7 @@ def bisect_run(args: argparse.Namespace) -> int:
         from moecheck.properties.repro import replay_file
     except Exception as e:  # this checkout/environment cannot replay at all: skip the commit
         return _fail("bisect-run", f"cannot import moecheck.properties.repro.replay_file: {e}", SKIP)
-    step = bisect_step(replay_file, args.case)
+    step = bisect_step(lambda path: replay_file(path, tuple(args.plugin)), args.case)
     print(f"moecheck bisect-run: {step.verdict} (exit {step.code}): {step.message}", file=sys.stderr)
     if args.store:
         _record_step(args.store, args.case, case, step)
@@ -145,6 +145,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "128 the case file is missing or malformed (aborts git bisect).")
     p.add_argument("case", metavar="CASE", help="case JSON file (keep it outside the tree being bisected)")
     p.add_argument("--store", default=None, help="also record each step as a 'bisect' run in this store")
+    p.add_argument("--plugin", action="append", default=[], help="module defining the case's backend (repeatable)")
     p.set_defaults(func=bisect_run, fn=bisect_run)
     _abort_on_usage_error(p)
 

@@ -6,10 +6,10 @@ import os
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from moecheck.ci import table
 from moecheck.reference.errors import MoecheckError
 
 
@@ -21,83 +21,109 @@ def _select_env(args) -> dict[str, str]:
     the property module when it parametrizes: pytest -k would take `bf16` to mean `mxfp4_bf16` too."""
     from moecheck.properties.checks import PROPERTIES
 
-    unknown = [p for p in args.property if not any(fnmatchcase(n, p) for n in PROPERTIES)]
+    known = [*PROPERTIES, "pinned"]  # `pinned`: the pinned cases, each through every gating property
+    unknown = [p for p in args.property if not any(fnmatchcase(n, p) for n in known)]
     if unknown:
-        raise MoecheckError(f"unknown property {unknown[0]!r}; known: {', '.join(PROPERTIES)}")
+        raise MoecheckError(f"unknown property {unknown[0]!r}; known: {', '.join(known)}")
     return {env: ",".join(getattr(args, opt)) for opt, env in SELECT_ENV.items() if getattr(args, opt)}
 
 
-def _run(args) -> int:
-    report = Path(args.report)
-    report.mkdir(parents=True, exist_ok=True)
-    (report / "results.jsonl").unlink(missing_ok=True)
+def _pytest_cmd(args, report: Path, store_run: str | None) -> tuple[list[str], dict[str, str]]:
+    import moecheck.properties as props
+
     env = dict(os.environ, MOECHECK_REPORT_DIR=str(report), PYTHONSAFEPATH="1")  # no cwd on sys.path
+    env.pop("PYTEST_XDIST_WORKER", None)
     if args.profile:
         env["MOECHECK_PROFILE"] = args.profile
     if args.plugin:
         env["MOECHECK_PLUGINS"] = ",".join([*filter(None, env.get("MOECHECK_PLUGINS", "").split(",")), *args.plugin])
-    import moecheck.properties as props
-
-    pkg = Path(props.__file__).resolve().parent
-    cmd = [sys.executable, "-m", "pytest", "-p", "moecheck.properties.pytest_plugin", "-p", "no:cacheprovider",
-           "--import-mode=importlib", "--confcutdir", str(pkg), "--rootdir", str(pkg), "-q", str(pkg / "test_properties.py")]
-    if args.workers != "0":
-        cmd += ["-n", args.workers]
+    if args.timeout is not None:
+        env["MOECHECK_EXAMPLE_TIMEOUT"] = str(args.timeout)
     env.update(_select_env(args))
-    run_id = None
-    if args.store:  # started first: a killed suite leaves an 'interrupted' run, not nothing
-        from moecheck.ci.results import bridge
+    pkg = Path(props.__file__).resolve().parent
+    # always through xdist, even for one worker: a crashed or hung kernel takes its worker down, not the run
+    workers = "1" if args.workers == "0" else args.workers
+    cmd = [sys.executable, "-m", "pytest", "-p", "moecheck.properties.pytest_plugin", "-p", "moecheck.ci.progress",
+           "-p", "no:cacheprovider", "--import-mode=importlib", "--confcutdir", str(pkg), "--rootdir", str(pkg),
+           "-q", "-n", workers, "--max-worker-restart", str(MAX_WORKER_RESTARTS), str(pkg / "test_properties.py")]
+    if store_run:
+        from moecheck.ci import store_plugin
 
-        run_id = bridge.start_run(args.store, " ".join(["moecheck", *sys.argv[1:]]), env.get("MOECHECK_PROFILE", ""))
-    t0 = time.time()
-    sel = " ".join(f"{k}={v}" for k, v in _select_env(args).items())
-    print("running:", sel, " ".join(cmd[2:]), flush=True)
+        cmd[3:3] = ["-p", "moecheck.ci.store_plugin"]
+        env[store_plugin.ENV] = store_run
+    return cmd, env
+
+
+MAX_WORKER_RESTARTS = 10_000  # every crash is a finding; the run goes on after each
+
+
+def _run(args) -> int:
+    from moecheck.ci import suite_process
+
+    claimed = suite_process.claim_report_dir(args.report)
+    report = claimed.path
     try:
-        rc = subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        rc = None
-    wall = time.time() - t0
-    rows = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()] if (report / "results.jsonl").exists() else []
-    if run_id is not None:
-        n = bridge.finish_run(args.store, run_id, rows, interrupted=rc is None or rc == 2)
-        print(f"stored {n} results as run {run_id} in {args.store}")
-    if not rows:
-        print("moecheck run: no property test was executed (nothing selected or collection failed)", file=sys.stderr)
-        return 1
-    _table(rows, report, wall)
-    return 0 if rc == 0 else 1
+        run_id = None
+        command = " ".join(["moecheck", *sys.argv[1:]])
+        if args.store:  # opened first: a killed suite leaves an 'interrupted' run with what completed
+            from moecheck.ci.results import bridge
+
+            run_id = bridge.start_run(args.store, command, args.profile or os.environ.get("MOECHECK_PROFILE", ""))
+        cmd, env = _pytest_cmd(args, report, f"{args.store}::{run_id}" if run_id else None)
+        t0 = time.time()
+        sel = " ".join(f"{k}={v}" for k, v in _select_env(args).items())
+        print(f"running: {sel} report: {report}\n  {' '.join(cmd[2:])}", flush=True)
+        done = suite_process.run_suite(cmd, env)
+        wall = time.time() - t0
+        interrupted = done.returncode is None or done.returncode == 2
+        meta = {"command": command, "started": t0, "wall_s": round(wall, 1), "pytest_exit": done.returncode,
+                "interrupted": interrupted, "signal": done.signal, "run_id": run_id}
+        (report / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
+        rows, _ = table.read_rows(report / "results.jsonl") if (report / "results.jsonl").exists() else ([], 0)
+        if run_id is not None:
+            bridge.close_run(args.store, run_id, interrupted=interrupted)
+            print(f"stored {len(rows)} results as run {run_id} in {args.store}" + (" (interrupted)" if interrupted else ""))
+        if not rows:
+            print("moecheck run: no property test was executed (nothing selected or collection failed)", file=sys.stderr)
+            return 1
+        _print(rows, report, meta)
+        if interrupted:
+            return 130
+        return 1 if done.returncode or any(r["outcome"] in table.BAD for r in rows) else 0
+    finally:
+        claimed.release()
 
 
-def _table(rows: list[dict], report: Path, wall: float) -> None:
-    cells = defaultdict(lambda: defaultdict(int))
-    reasons = {}
-    for r in rows:
-        key = (r["backend"], r["format"])
-        cells[key][r["outcome"]] += 1
-        if r["outcome"] == "skipped" and key not in reasons:
-            reasons[key] = r.get("message", "")
-    lines = [f"{'backend':26s} {'format':22s} pass fail skip  note"]
-    for (b, f), c in sorted(cells.items()):
-        note = ""
-        if c["failed"]:
-            bad = [r["property"] for r in rows if (r["backend"], r["format"]) == (b, f) and r["outcome"] == "failed"]
-            note = "FAILED: " + ", ".join(bad)
-        elif c["skipped"] and not c["passed"]:
-            note = reasons.get((b, f), "")[:60]
-        lines.append(f"{b:26s} {f:22s} {c['passed']:4d} {c['failed']:4d} {c['skipped']:4d}  {note}")
-    text = "\n".join(lines)
-    (report / "summary.txt").write_text(text + f"\nwall time {wall:.0f} s\n")
+def _print(rows: list[dict], report: Path, meta: dict) -> None:
+    text = table.render(rows)
+    wall = f"wall time {meta['wall_s']:.0f} s" + (f" (interrupted: {meta.get('signal') or 'pytest exit 2'})"
+                                                  if meta.get("interrupted") else "")
+    (report / "summary.txt").write_text(text + f"\n{wall}\n")
     print("\n" + text)
-    print(f"\nwall time {wall:.0f} s; full report: {report / 'results.jsonl'} (summary: {report / 'summary.txt'})")
+    for extra in (table.findings(rows), table.health(report)):
+        if extra:
+            print("\n" + extra)
+    print(f"\n{wall}; full report: {report / 'results.jsonl'} (summary: {report / 'summary.txt'})")
 
 
 def _report(args) -> int:
-    path = Path(args.dir) / "results.jsonl"
+    report = Path(args.dir)
+    path = report / "results.jsonl"
     if not path.is_file():
         raise MoecheckError(f"no results at {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    _table(rows, Path(args.dir), 0.0)
-    return 1 if any(r["outcome"] == "failed" for r in rows) else 0
+    rows, bad = table.read_rows(path)
+    if bad:
+        print(f"moecheck report: {bad} unreadable line(s) in {path} skipped (a run killed mid-write)", file=sys.stderr)
+    meta_path = report / "run.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"wall_s": _span(rows), "interrupted": True,
+                                                                            "signal": "no run.json: still running or killed"}
+    _print(rows, report, meta)
+    return 1 if any(r["outcome"] in table.BAD for r in rows) else 0
+
+
+def _span(rows: list[dict]) -> float:
+    """Without run.json (a run still going, or killed): at least the summed durations of its tests."""
+    return sum(float(r.get("duration_s") or 0) for r in rows)
 
 
 def register(sub) -> None:
@@ -106,11 +132,14 @@ def register(sub) -> None:
     p.add_argument("--format", action="append", default=[])
     p.add_argument("--property", action="append", default=[])
     p.add_argument("--profile", choices=["dev", "ci", "gpu", "nightly"], default=None)
-    p.add_argument("-n", "--workers", default="auto", help="pytest-xdist workers (0: in one process)")
-    p.add_argument("--report", default="moecheck-report")
+    p.add_argument("-n", "--workers", default="auto", help="pytest-xdist workers (0 means 1: a worker always isolates the run)")
+    p.add_argument("--report", default=None, help="report folder (default: a new moecheck-report/<time>-<pid>/, "
+                   "linked as moecheck-report/latest); locked while the run lasts")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds one example may take before it is recorded as a hang (default 300; 0: none)")
     p.add_argument("--store", default=None, help="append the results to this SQLite store")
     p.add_argument("--plugin", action="append", default=[])
     p.set_defaults(fn=_run)
     p = sub.add_parser("report", help="print the backend x format table of a (possibly interrupted) run")
-    p.add_argument("dir")
+    p.add_argument("dir", nargs="?", default="moecheck-report/latest", help="report folder (default: the latest run's)")
     p.set_defaults(fn=_report)

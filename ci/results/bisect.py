@@ -3,7 +3,8 @@
 git bisect run reads the script's exit status as: 0 good, 1..127 except 125 bad, 125 skip (this
 commit cannot be tested), anything else (128..255) aborts the whole bisect. So:
 
-- pass -> 0, fail -> 1, skip (backend unavailable, no GPU, ...) -> 125;
+- pass (or a clean refusal of an edge case) -> 0, fail or crashed (segfault, hang, device error) -> 1,
+  skip (backend unavailable, no GPU, ...) -> 125;
 - replay raising anything but MoecheckError (a library that does not import or build at this
   commit, an environment problem) -> 125: we learned nothing about the regression here;
 - a missing or malformed case file, a case this moecheck rejects (MoecheckError), or an unknown
@@ -21,7 +22,7 @@ from typing import Callable
 from moecheck.reference.errors import MoecheckError
 
 GOOD, BAD, SKIP, ABORT = 0, 1, 125, 128
-VERDICT_CODES = {"pass": GOOD, "fail": BAD, "error": BAD, "skip": SKIP}
+VERDICT_CODES = {"pass": GOOD, "refused": GOOD, "fail": BAD, "crashed": BAD, "error": BAD, "skip": SKIP}
 
 Replay = Callable[[str], tuple[str, str]]  # case path -> (verdict, message)
 

@@ -12,7 +12,8 @@ import json
 from moecheck.ci.results.schema import CaseRecord
 from moecheck.ci.results.store import ResultStore
 
-OUTCOME_VERDICT = {"passed": "pass", "failed": "fail", "skipped": "skip"}
+OUTCOME_VERDICT = {"passed": "pass", "failed": "fail", "skipped": "skip", "error": "error", "refused": "refused",
+                   "crashed": "crashed"}
 SHAPE_KEYS = (("T", "tokens"), ("H", "hidden"), ("I", "inter"), ("E", "experts"), ("k", "top_k"))  # Case fields
 
 
@@ -28,6 +29,7 @@ def case_record(row: dict) -> CaseRecord:
         backend=str(row.get("backend", "unknown")), format=str(row.get("format", "unknown")),
         property=str(row.get("property", "unknown")), shape=shape_of(worst),
         verdict=OUTCOME_VERDICT.get(row.get("outcome", ""), "error"), max_norm_err=row.get("max_norm_err"),
+        rms_err=row.get("rms_norm_err"), where=None if row.get("where") is None else str(tuple(row["where"])),
         duration_s=float(row.get("duration_s") or 0.0), repro=repro, message=str(row.get("message", "")),
         case_json=row.get("worst_case"),
     )
@@ -44,3 +46,9 @@ def finish_run(store: str, run_id: str, rows: list[dict], interrupted: bool = Fa
         n = s.add_cases(run_id, [case_record(r) for r in rows])
         s.finish_run(run_id, "interrupted" if interrupted else "finished")
     return n
+
+
+def close_run(store: str, run_id: str, interrupted: bool = False) -> None:
+    """Close a run whose rows were committed one by one as its tests ended (ci/store_plugin.py)."""
+    with ResultStore(store) as s:
+        s.finish_run(run_id, "interrupted" if interrupted else "finished")

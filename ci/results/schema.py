@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from moecheck.reference.errors import require
 
-VERDICTS = ("pass", "fail", "skip", "error")
-FAILING = ("fail", "error")  # verdicts that count as a regression in diffs and bisects
+VERDICTS = ("pass", "fail", "skip", "error", "refused", "crashed")
+FAILING = ("fail", "error", "crashed")  # verdicts that count as a regression in diffs and bisects
 RUN_STATUSES = ("running", "finished", "interrupted")
 
 

@@ -1,0 +1,90 @@
+"""The backend x format table of a run, from its results.jsonl rows, and what a reader of it needs next.
+
+Columns count test items by outcome; below the table every failure and crash gets one line with
+its message and the one command that reproduces it, so nothing needs the pytest log to triage.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+COLUMNS = (("pass", "passed"), ("fail", "failed"), ("crash", "crashed"), ("error", "error"),
+           ("refused", "refused"), ("skip", "skipped"))
+BAD = ("failed", "crashed", "error")
+
+
+def read_rows(path: Path) -> tuple[list[dict], int]:
+    """Rows of a results.jsonl and how many lines could not be read (a run killed mid-write)."""
+    rows, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and {"backend", "format", "property", "outcome"} <= set(row):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def _first(text: str, n: int = 160) -> str:
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= n else line[: n - 3] + "..."
+
+
+def render(rows: list[dict]) -> str:
+    cells: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    notes: dict[tuple[str, str], str] = {}
+    for r in rows:
+        key = (r["backend"], r["format"])
+        cells[key][r["outcome"]] += 1
+    for key in cells:
+        mine = [r for r in rows if (r["backend"], r["format"]) == key]
+        bad = [f"{r['outcome'].upper()} {r['property']}" for r in mine if r["outcome"] in BAD]
+        refused = [r["property"] for r in mine if r["outcome"] == "refused"]
+        skips = [r for r in mine if r["outcome"] == "skipped"]
+        if bad:
+            notes[key] = ", ".join(bad)
+        elif refused:
+            notes[key] = "refused: " + ", ".join(refused)
+        elif skips and not cells[key]["passed"]:
+            notes[key] = _first(skips[0].get("message", ""), 90)
+    wb = max([len("backend"), *(len(b) for b, _ in cells)])
+    wf = max([len("format"), *(len(f) for _, f in cells)])
+    head = f"{'backend':{wb}s}  {'format':{wf}s}  " + " ".join(f"{c:>{max(4, len(c))}s}" for c, _ in COLUMNS) + "  note"
+    lines = [head]
+    for (b, f), c in sorted(cells.items()):
+        nums = " ".join(f"{c[o]:>{max(4, len(name))}d}" for name, o in COLUMNS)
+        lines.append(f"{b:{wb}s}  {f:{wf}s}  {nums}  {notes.get((b, f), '')}".rstrip())
+    return "\n".join(lines)
+
+
+def findings(rows: list[dict]) -> str:
+    """One block per failure or crash: what, the message, and the command that reproduces it."""
+    out = []
+    for r in rows:
+        if r["outcome"] not in BAD:
+            continue
+        out.append(f"{r['outcome'].upper()} {r['backend']} {r['format']} {r['property']}: {_first(r.get('message'), 300)}")
+        if r.get("repro"):
+            out.append(f"  reproduce: {r['repro']}")
+        elif r.get("nodeid"):
+            out.append(f"  reproduce: pytest '{r['nodeid']}'")
+        if r.get("case_file"):
+            out.append(f"  case file: {r['case_file']}")
+    return "\n".join(out)
+
+
+def health(report: Path) -> str:
+    path = report / "health.jsonl"
+    if not path.is_file():
+        return ""
+    probes = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    bad = [p for p in probes if not p.get("ok")]
+    return (f"device health after crashes: {len(probes) - len(bad)} of {len(probes)} probes ok"
+            + "".join(f"\n  worker {p.get('worker')}: {p.get('why')}" for p in bad))
