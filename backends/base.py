@@ -46,6 +46,9 @@ class Capability:
     verified: tuple[str, ...] = ()  # "where/what it was verified with", e.g. "H100 sm_90, torch 2.11"
     deterministic: bool = True  # claims bitwise-identical reruns
     batch_invariant: bool = False  # claims a token's output does not depend on the batch
+    kind: str = "moe"  # "moe": run() computes the layer; "router": route() computes top-k ids and weights
+    routers: frozenset[str] = frozenset()  # router kinds (reference/routing.py) it computes itself from logits
+    routed_scaling: bool = True  # its router applies routed_scaling_factor (else only 1.0 is drawn)
 
     def unsupported(self, problem: MoEProblem) -> str | None:
         """None if the record allows this problem, else the first reason it does not."""
@@ -97,6 +100,7 @@ class Backend:
     capability: Capability = field(default_factory=lambda: Capability(formats=frozenset()))
     spies: tuple[str, ...] = ()
     description: str = ""
+    router_spies: tuple[str, ...] = ()  # entered when it routes itself (an MoE backend with routers)
 
     def availability(self) -> Availability:
         for mod in self.capability.requires:
@@ -113,4 +117,10 @@ class Backend:
         return problem
 
     def run(self, prepared: Any, problem: MoEProblem, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's output [T, H]. When the record claims routers and `problem.topk_ids` is None, the
+        backend routes itself from `problem.router_logits` with `problem.router`."""
+        raise NotImplementedError
+
+    def route(self, prepared: Any, problem: MoEProblem) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router backends (Capability.kind == "router"): (weights [T, k], ids [T, k]) from the logits."""
         raise NotImplementedError

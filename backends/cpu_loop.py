@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from moecheck.backends import cpu_router
 from moecheck.backends.base import Backend, Capability
 from moecheck.backends.dispatch import scaled_input
 from moecheck.backends.problem import MoEProblem
@@ -39,6 +40,9 @@ class CpuLoop(Backend):
         return _W(deq(p.w13), deq(p.w2))
 
     def run(self, w: _W, p: MoEProblem, out=None) -> torch.Tensor:
+        if p.topk_ids is None:  # asked to route itself: the independent CPU router
+            weights, ids = cpu_router.route_logits(p.router_logits, p.router, p.router_bias)
+            p = p.with_(topk_weights=weights, topk_ids=ids)
         dt = p.hidden_states.dtype
         xin = scaled_input(p)
         x = _fq(xin, p.fmt.act, p.a1_scale)
@@ -90,6 +94,6 @@ BACKENDS = [
             formats=frozenset(FORMATS), dtypes=frozenset({torch.bfloat16, torch.float16}),
             devices=frozenset({"cpu"}), activations=frozenset(act_mod.ACTIVATIONS), expert_map=True,
             lora=True, bias=True, weights_on_input=True, out_buffer=True, rounding=_ROUND,
-            batch_invariant=False, verified=("CPU torch 2.13.0",)),
-        spies=("moecheck.backends.cpu_loop:_fq",)),
+            batch_invariant=False, verified=("CPU torch 2.13.0",), routers=frozenset(cpu_router.ROUTER_KINDS)),
+        spies=("moecheck.backends.cpu_loop:_fq",), router_spies=("moecheck.backends.cpu_router:route_logits",)),
 ]

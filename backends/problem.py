@@ -10,6 +10,7 @@ from moecheck.reference.formats import Format
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.moe import MoEResult, Rounding, fused_experts
 from moecheck.reference.qtensor import QTensor
+from moecheck.reference.routing import RouterSpec
 
 
 @dataclass
@@ -29,7 +30,9 @@ class MoEProblem:
     apply_router_weight_on_input: bool = False
     lora: MoELoRA | None = None
     token_lora: torch.Tensor | None = None  # [T] adapter id, -1 = none
-    router_logits: torch.Tensor | None = None  # kept for backends that route themselves
+    router_logits: torch.Tensor | None = None  # [T, E] fp32, for backends that route themselves
+    router: RouterSpec | None = None  # the router they must implement (None: topk_ids/weights are given)
+    router_bias: torch.Tensor | None = None  # [E] deepseek_v3 e_score_correction_bias
 
     @property
     def activation(self) -> ActivationSpec:
@@ -53,7 +56,11 @@ class MoEProblem:
 
     @property
     def top_k(self) -> int:
-        return self.topk_ids.shape[1]
+        return self.topk_ids.shape[1] if self.topk_ids is not None else self.router.top_k
+
+    def unrouted(self) -> "MoEProblem":
+        """What a backend that routes itself receives: the logits and the router, no ids or weights."""
+        return replace(self, topk_ids=None, topk_weights=None)
 
     @property
     def device(self) -> torch.device:

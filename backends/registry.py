@@ -16,7 +16,7 @@ from moecheck.reference.errors import require
 
 ENTRY_POINT_GROUP = "moecheck.backends"
 ENV_VAR = "MOECHECK_PLUGINS"
-BUILTIN_MODULES = ("moecheck.backends.cpu_loop", "moecheck.backends.torch_grouped", "moecheck.backends.torch_compile", "moecheck.backends.vllm",
+BUILTIN_MODULES = ("moecheck.backends.cpu_loop", "moecheck.backends.cpu_router", "moecheck.backends.torch_grouped", "moecheck.backends.torch_compile", "moecheck.backends.vllm",
                    "moecheck.backends.flashinfer")
 
 _REGISTRY: dict[str, Backend] = {}

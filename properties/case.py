@@ -19,6 +19,7 @@ from moecheck.reference.routing import RouterSpec, route
 
 ROUTINGS = ("softmax", "skewed", "one_expert", "empty_experts")
 VALUES = ("normal", "outliers", "tiny", "boundary")
+ROUTER_LOGITS = ("normal", "ties", "negative", "wide")  # logits a routing backend sees (Case.router set)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,13 @@ class Case:
     lora_rank: int = 4
     weights_on_input: bool = False
     seed: int = 0
+    # routing backends: "" = the case hands top-k ids and weights to the backend (`routing` shapes them);
+    # a router kind (reference/routing.py) = the backend computes them itself from the logits
+    router: str = ""
+    router_logits: str = "normal"  # ties: on a coarse grid; negative: all < 0; wide: std 8 (saturated scores)
+    n_group: int = 1  # deepseek_v3 grouped top-k
+    topk_group: int = 1
+    routed_scaling: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -74,11 +82,26 @@ class Case:
         require(self.dtype in ("bfloat16", "float16"), f"dtype must be bfloat16 or float16, got {self.dtype!r}")
         require(0 <= self.ep_remote < self.experts, f"ep_remote must be in [0, experts), got {self.ep_remote}")
         require(not self.weights_on_input or self.top_k == 1, "weights_on_input needs top_k == 1")
+        require(self.router_logits in ROUTER_LOGITS, f"router_logits must be one of {ROUTER_LOGITS}, got {self.router_logits!r}")
+        if self.router:
+            require(self.experts % self.n_group == 0, f"experts {self.experts} not divisible by n_group {self.n_group}")
+            spec = self.router_spec()
+            kept = spec.topk_group * (self.experts // spec.n_group)
+            require(self.top_k <= kept, f"top_k {self.top_k} exceeds the {kept} experts of topk_group groups")
         get_format(self.format)
+
+    def router_spec(self) -> RouterSpec:
+        """The router a routing backend must implement for this case."""
+        return RouterSpec(self.router, self.top_k, renormalize=self.renormalize, n_group=self.n_group,
+                          topk_group=self.topk_group, routed_scaling_factor=self.routed_scaling,
+                          apply_weights_to_input=self.weights_on_input)
 
     def summary(self) -> str:
         extra = [f"ep_remote={self.ep_remote}"] * bool(self.ep_remote) + ["bias"] * self.bias
         extra += [f"lora={self.lora_adapters}x{self.lora_rank}"] * bool(self.lora_adapters)
+        if self.router:
+            extra += [f"router={self.router}/{self.router_logits}" + (f" groups={self.topk_group}of{self.n_group}" if self.n_group > 1 else "")
+                      + (f" scale={self.routed_scaling:g}" if self.routed_scaling != 1.0 else "") + (" renorm" if self.renormalize else "")]
         return (f"{self.backend}/{self.format}/{self.property} T={self.tokens} H={self.hidden} I={self.inter} "
                 f"E={self.experts} k={self.top_k} {self.dtype} {self.activation} {self.routing} {self.values} seed={self.seed} " + " ".join(extra)).strip()
 
@@ -110,8 +133,11 @@ def _values(g: torch.Generator, shape, kind: str, elem_max: float) -> torch.Tens
     return x
 
 
-def _routing(g, c: Case, n_local_ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _routing(g, c: Case, n_local_ok: torch.Tensor):
+    """(weights, ids, logits, bias): the reference routing of the case's logits."""
     logits = torch.randn(c.tokens, c.experts, generator=g)
+    if c.router and c.router_logits == "wide":
+        logits = logits * 8.0
     if c.routing == "skewed":
         logits = logits + torch.linspace(4.0, 0.0, c.experts)
     elif c.routing == "one_expert":
@@ -120,11 +146,19 @@ def _routing(g, c: Case, n_local_ok: torch.Tensor) -> tuple[torch.Tensor, torch.
         dead = torch.arange(c.experts) % 2 == 1
         if int((~dead).sum()) >= c.top_k:
             logits[:, dead] = -1e4
+    if c.router:
+        if c.router_logits == "ties":  # exact ties at the cut, on purpose: any of the tied experts is right
+            logits = torch.round(logits * 2.0) / 2.0
+        elif c.router_logits == "negative":  # every score below its midpoint, biased scores below 0
+            logits = -logits.abs().clamp_max(6.0) - 0.5
+        bias = torch.randn(c.experts, generator=g) * 0.01 if c.router == "deepseek_v3" else None
+        w, ids = route(logits, c.router_spec(), bias)
+        return w, ids, logits, bias
     if c.weights_on_input:
         spec = RouterSpec("llama4", 1, apply_weights_to_input=True)
     else:
         spec = RouterSpec("softmax_topk", c.top_k, renormalize=c.renormalize)
-    return route(logits, spec)
+    return (*route(logits, spec), None, None)
 
 
 def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] | None = None) -> MoEProblem:
@@ -153,7 +187,7 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
         perm = torch.randperm(c.experts, generator=g)
         expert_map = torch.full((c.experts,), -1, dtype=torch.int64)
         expert_map[perm[:n_local]] = torch.arange(n_local)
-    weights, ids = _routing(g, c, expert_map)
+    weights, ids, logits, router_bias = _routing(g, c, expert_map)
     b13 = torch.randn(n_local, rows13, generator=g) * 0.1 if c.bias else None
     b2 = torch.randn(n_local, c.hidden, generator=g) * 0.1 if c.bias else None
     lora = token_lora = None
@@ -181,4 +215,5 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
         w13=q13.to(device), w2=q2.to(device), fmt=fmt, activation_name=c.activation, expert_map=mv(expert_map),
         w13_bias=mv(b13), w2_bias=mv(b2), a1_scale=mv(a1), a2_scale=mv(a2),
         apply_router_weight_on_input=c.weights_on_input, lora=lora.to(device) if lora else None,
-        token_lora=mv(token_lora))
+        token_lora=mv(token_lora), router_logits=mv(logits) if c.router else None,
+        router=c.router_spec() if c.router else None, router_bias=mv(router_bias))

@@ -18,8 +18,9 @@ from moecheck.backends.base import Backend
 from moecheck.backends.problem import MoEProblem
 from moecheck.properties.case import Case, build, weight_block_rows
 from moecheck.properties import isolation
-from moecheck.properties.harness import BackendRaised, ContractBroken, prepare, run_backend
+from moecheck.properties.harness import BackendRaised, ContractBroken, prepare, route_backend, run_backend, spying
 from moecheck.reference.errmodel import budget_for, compare
+from moecheck.reference.errmodel.routing import ambiguous_tokens, compare_routing
 from moecheck.reference.errmodel.compare import Comparison
 from moecheck.reference.formats import get_format
 from moecheck.reference.padding import round_up
@@ -169,12 +170,61 @@ def batch_invariant(b: Backend, case: Case, device) -> Outcome:
                     f"{n} elements of the first {h} tokens differ when run alone")
 
 
+def routes_like_reference(b: Backend, case: Case, device) -> Outcome:
+    """A router backend's ids and weights against the reference router (ids as sets where ties allow)."""
+    p = build(case, device)
+    w, ids, counts = route_backend(b, prepare(b, p), p)
+    missing = [n for n, c in counts.items() if c == 0]
+    if missing:
+        return Outcome("fail", f"kernel not called: {', '.join(missing)} never entered during route")
+    c = compare_routing(w, ids, p.router_logits, p.router, p.router_bias, budget_for(case.format, b.name))
+    return Outcome("pass" if c.passed else "fail", c.summary(), c)
+
+
+def matches_reference_from_logits(b: Backend, case: Case, device) -> Outcome:
+    """The whole layer from router logits: the backend routes itself; tokens whose reference routing is
+    a near tie are not judged (either side of a tie is right, and their outputs differ)."""
+    p = build(case, device)
+    rp = p.unrouted()
+    prepared = prepare(b, p)
+    with spying(b.router_spies) as counts:
+        run = run_backend(b, prepared, rp)
+    bad = _ran(b, run) or next((f"router not called: {n} never entered" for n, c in counts.items() if c == 0), None)
+    if bad:
+        return Outcome("fail", bad)
+    budget = budget_for(case.format, b.name)
+    amb = ambiguous_tokens(p.router_logits, p.router, p.router_bias, budget).to(run.out.device)
+    if bool(amb.any()) and _rows_share_scale(p.fmt):
+        return Outcome("skip", f"{int(amb.sum())} near-tie tokens under a dynamic activation scale shared by all rows: "
+                       "every output depends on the tie-break")
+    ref = _reference(b, p)
+    bound = torch.where(amb[:, None], torch.full_like(ref.bound, float("inf")), ref.bound)
+    c = compare(run.out, ref.out, bound)
+    return Outcome("pass" if c.passed else "fail", f"{int(amb.sum())} near-tie tokens not judged; {c.summary()}", c)
+
+
+def _rows_share_scale(fmt) -> bool:
+    """A dynamic activation scale over many rows (per tensor, or NVFP4's global): a tie-break elsewhere moves it."""
+    from moecheck.reference.spec import ScaleRule
+
+    a = fmt.act
+    return a is not None and not a.static and (a.block[0] is None or a.rule == ScaleRule.NVFP4)
+
+
+MOE, ROUTER = frozenset({"moe"}), frozenset({"router"})
+
+
 @dataclass(frozen=True)
 class Property:
     name: str
     check: Callable[[Backend, Case, object], Outcome]
     doc: str
     gating: bool = True  # False: reported on its own, fails only where the record claims it
+    kinds: frozenset[str] = MOE  # the backend kinds (Capability.kind) it applies to
+    needs_router: bool = False  # applies only where the record claims routers; cases carry one
+
+    def applies(self, b: Backend) -> bool:
+        return b.capability.kind in self.kinds and (not self.needs_router or bool(b.capability.routers))
 
 
 PROPERTIES: dict[str, Property] = {p.name: p for p in [
@@ -186,6 +236,10 @@ PROPERTIES: dict[str, Property] = {p.name: p for p in [
     Property("permutation_equivariant", permutation_equivariant, "permuting tokens permutes the output"),
     Property("deterministic", deterministic, "bitwise-identical reruns", gating=False),
     Property("batch_invariant", batch_invariant, "a token's output does not depend on its batch", gating=False),
+    Property("matches_reference_from_logits", matches_reference_from_logits,
+             "the layer routed by the backend itself from logits matches the reference", needs_router=True),
+    Property("routes_like_reference", routes_like_reference, "router ids and weights match the reference router",
+             kinds=ROUTER, needs_router=True),
 ]}
 
 

@@ -171,3 +171,12 @@ def run_backend(backend: Backend, prepared, p: MoEProblem, use_out: bool | None 
         with poisoned_allocations(p.device):
             out = check_output(backend, guarded("run", backend.run, prepared, p), p)
         return Run(out, counts, True, int(poisoned(out).sum()) if out.dtype in POISON else 0)
+
+
+def route_backend(backend: Backend, prepared, p: MoEProblem) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """A router backend's (weights, ids) for the logits of `p`, observed by its spies."""
+    with spying(backend.spies) as counts:
+        got = guarded("route", backend.route, prepared, p.unrouted())
+    if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(t, torch.Tensor) for t in got)):
+        raise ContractBroken(f"backend {backend.name} route() returned {type(got).__name__}, not (weights, ids) tensors")
+    return got[0], got[1], counts

@@ -11,7 +11,7 @@ import math
 
 from hypothesis import strategies as st
 from moecheck.backends.base import Backend
-from moecheck.properties.case import ROUTINGS, VALUES, Case, weight_block_rows
+from moecheck.properties.case import ROUTER_LOGITS, ROUTINGS, VALUES, Case, weight_block_rows
 from moecheck.reference.activations import ACTIVATIONS
 from moecheck.reference.formats import get_format
 
@@ -78,7 +78,11 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         h_align, i_align = fmt.k_multiple, math.lcm(fmt.k_multiple, weight_block_rows(fmt))
     e_max = min(e_max, cap.max_experts or e_max)
     e_min = 2 if edge in ("more_experts_than_tokens", "expert_with_no_rows") else 1
-    experts = draw(st.integers(min(e_min, e_max), e_max))
+    routing = draw(_router(cap, e_max)) if prop in ROUTING_PROPERTIES else {}
+    if routing.get("n_group", 1) > 1:  # experts in whole groups
+        experts = routing["n_group"] * draw(st.integers(1, max(1, e_max // routing["n_group"])))
+    else:
+        experts = draw(st.integers(min(e_min, e_max), e_max))
     ep_remote = draw(st.integers(0, experts - 1)) if cap.expert_map and experts > 1 and draw(st.booleans()) else 0
     k_max = min(experts, cap.max_top_k or experts, 8)
     on_input = cap.weights_on_input and edge is None and draw(st.integers(0, 9)) == 0
@@ -92,6 +96,10 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
     tokens = _tokens(draw, cap, t_hi, edge, experts)
     acts = sorted(a for a in cap.activations if a in ACTIVATIONS)
     lora_ok = cap.lora and prop != "padded_equals_unpadded"
+    if routing:
+        per = experts // routing.get("n_group", 1)
+        top_k = min(top_k, routing.get("topk_group", 1) * per)
+        on_input = on_input and routing["router"] == "llama4"
     return Case(
         backend=backend.name, format=fmt_name, property=prop, tokens=tokens,
         hidden=draw(_size(h_align, h_max)), inter=draw(_size(i_align, i_max)), experts=experts, top_k=top_k,
@@ -102,8 +110,29 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         renormalize=draw(st.booleans()), values=draw(st.sampled_from(VALUES)), ep_remote=ep_remote,
         bias=cap.bias and draw(st.booleans()),
         lora_adapters=draw(st.integers(0, 3)) if lora_ok else 0, lora_rank=draw(st.sampled_from([1, 4, 8])),
-        weights_on_input=on_input, seed=draw(st.integers(0, 2**31 - 1)),
+        weights_on_input=on_input, seed=draw(st.integers(0, 2**31 - 1)), **routing,
     )
+
+
+ROUTING_PROPERTIES = ("routes_like_reference", "matches_reference_from_logits")
+
+
+@st.composite
+def _router(draw, cap, e_max: int) -> dict:
+    """A router kind the record claims, with its group structure, scaling and a kind of logits.
+
+    deepseek_v3 draws groups with at least one dropped (the group mask is only tested then), negative
+    logits often (a 0-instead-of-minus-infinity mask only shows when biased scores are below 0), and
+    DeepSeek-V3's own routed scaling factor (2.5) half the time."""
+    kind = draw(st.sampled_from(sorted(cap.routers)))
+    scales = [1.0, 2.5] if cap.routed_scaling else [1.0]
+    if kind != "deepseek_v3":
+        return {"router": kind, "router_logits": draw(st.sampled_from(ROUTER_LOGITS)),
+                "routed_scaling": draw(st.sampled_from([1.0, *scales]))}
+    n_group = draw(st.sampled_from([g for g in (2, 4, 8) if g <= e_max] or [1]))
+    return {"router": kind, "n_group": n_group, "topk_group": draw(st.integers(1, max(1, n_group - 1))),
+            "router_logits": draw(st.sampled_from(["negative", "negative", *ROUTER_LOGITS])),
+            "routed_scaling": draw(st.sampled_from(scales))}
 
 
 def fit(case: Case, backend: Backend) -> Case:

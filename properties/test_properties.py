@@ -37,7 +37,7 @@ PINNED = {
     "scale_boundaries": Case(tokens=8, hidden=128, inter=64, experts=2, top_k=1, values="boundary", seed=448),
 }
 NUMERIC = [n for n in PROPERTIES if n != "edge_contract"]
-PINNED_PROPERTIES = [n for n in NUMERIC if PROPERTIES[n].gating]
+PINNED_PROPERTIES = [n for n in NUMERIC if PROPERTIES[n].gating and not PROPERTIES[n].needs_router]
 EDGE_EXAMPLES = 5  # per edge: the edge is the point, not the sizes around it
 _CONTEXT_LOST: list[tuple[str, str]] = []  # outside xdist: (test, why) once the CUDA context broke
 
@@ -58,7 +58,9 @@ def _params(kind: str):
             if kind == "property" and any(_selected("FORMATS", f) for f in fmts):
                 out.append(pytest.param(name, "-", "-", id=f"{name}-unavailable"))
             continue
-        what = {"property": NUMERIC, "edge": list(EDGES), "pinned": list(PINNED)}[kind]
+        if kind != "property" and b.capability.kind != "moe":
+            continue  # edges and pinned cases are of the MoE layer
+        what = {"property": [n for n in NUMERIC if PROPERTIES[n].applies(b)], "edge": list(EDGES), "pinned": list(PINNED)}[kind]
         prop_of = {"property": lambda w: w, "edge": lambda w: "edge_contract", "pinned": lambda w: "pinned"}[kind]
         if kind == "pinned" and os.environ.get("MOECHECK_PINNED", "1") == "0":
             continue

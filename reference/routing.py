@@ -148,3 +148,40 @@ ROUTERS: dict[str, RouterSpec] = {
 def get_router(name: str) -> RouterSpec:
     require(name in ROUTERS, f"unknown router preset {name!r}; known: {', '.join(sorted(ROUTERS))}")
     return ROUTERS[name]
+
+
+def choice_scores(logits: torch.Tensor, spec: RouterSpec, correction_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """[T, E] float32: the score each kind chooses on (before deepseek_v3's group mask)."""
+    x = logits.float()
+    if spec.kind == "softmax_topk":
+        return torch.softmax(x, dim=-1)
+    if spec.kind in ("sigmoid_topk", _GROUPED):
+        s = torch.sigmoid(x)
+        return s if correction_bias is None or spec.kind != _GROUPED else s + correction_bias.to(s.device).float()
+    return x  # topk_softmax, gpt_oss, llama4 choose on the raw logits
+
+
+def group_scores(scores: torch.Tensor, spec: RouterSpec) -> torch.Tensor:
+    """[T, n_group]: deepseek_v3's group score, the sum of each group's two best choice scores."""
+    t, e = scores.shape
+    per = e // spec.n_group
+    return _topk(scores.reshape(t, spec.n_group, per), min(2, per))[0].sum(dim=-1)
+
+
+def weights_for(logits: torch.Tensor, spec: RouterSpec, ids: torch.Tensor,
+                correction_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The weights `route` gives experts `ids` [T, k] (any valid choice, e.g. another tie-break)."""
+    x = logits.float()
+    ids = ids.long().to(x.device)
+    if spec.kind == "softmax_topk":
+        w = torch.softmax(x, dim=-1).gather(1, ids)
+    elif spec.kind in ("topk_softmax", "gpt_oss"):
+        w = torch.softmax(x.gather(1, ids), dim=-1)
+    else:  # sigmoid_topk, llama4, deepseek_v3: the unbiased sigmoid of the chosen experts
+        w = torch.sigmoid(x.gather(1, ids))
+    if _KINDS[spec.kind][1] or spec.renormalize:
+        w = w / w.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return (w * spec.routed_scaling_factor).float() if spec.routed_scaling_factor != 1.0 else w.float()
+
+
+ROUTER_KINDS = tuple(_KINDS)

@@ -9,6 +9,7 @@ from moecheck.backends.vllm import (
     lora,
     marlin,
     modular,
+    routers,
     triton_fused,
     triton_kernels_ogs,
 )
@@ -20,4 +21,5 @@ BACKENDS = [
     *marlin.BACKENDS,
     *triton_kernels_ogs.BACKENDS,
     *lora.BACKENDS,
+    *routers.BACKENDS,
 ]

@@ -64,3 +64,20 @@ def values(m: int, k: int, kind: str, seed: int, elem_max: float, block: int) ->
         xb[..., 0] = torch.where(bump, top * (1 + 2.0**-7), top)  # bf16 keeps 7 fraction bits: the next value up
         x = xb.reshape(m, k)
     return x.to(torch.bfloat16).cuda()
+
+
+def route_and_compare(logits, bias, spec):
+    """The router backend on a problem carrying only logits, judged by the shared routing error model."""
+    from moecheck.backends.problem import MoEProblem
+    from moecheck.reference.errmodel import budget_for
+    from moecheck.reference.errmodel.routing import compare_routing
+    from moecheck.reference.formats import get_format
+
+    t, e = logits.shape
+    p = MoEProblem(hidden_states=torch.zeros(t, 8, dtype=torch.bfloat16, device=logits.device), topk_weights=None,
+                   topk_ids=None, w13=torch.zeros(e, 2, 8), w2=torch.zeros(e, 8, 1), fmt=get_format("bf16"),
+                   router_logits=logits, router=spec, router_bias=bias)
+    from moecheck.backends.flashinfer import routing
+
+    w, ids = routing.TOPK_DEEPSEEK.route(None, p)
+    return compare_routing(w, ids, logits.float(), spec, bias.float(), budget_for("bf16", routing.TOPK_DEEPSEEK.name))

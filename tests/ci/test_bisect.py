@@ -25,7 +25,7 @@ def case_file(tmp_path):
 def fake_replay(verdict: str, message: str = "replayed"):
     calls = []
 
-    def replay(path: str) -> tuple[str, str]:
+    def replay(path: str, plugins: tuple[str, ...] = ()) -> tuple[str, str]:
         calls.append(path)
         return verdict, message
     replay.calls = calls
@@ -98,7 +98,7 @@ def test_cli_without_replay_module_skips(case_file, capsys, monkeypatch):
     assert "cannot import" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("verdict, code", [("pass", GOOD), ("fail", BAD), ("skip", SKIP)])
+@pytest.mark.parametrize("verdict, code", [("pass", GOOD), ("fail", BAD), ("crashed", BAD), ("skip", SKIP)])
 def test_cli_with_replay_records_step(case_file, tmp_path, capsys, monkeypatch, verdict, code):
     fake = types.ModuleType("moecheck.properties.repro")
     fake.replay_file = fake_replay(verdict)
