@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 from moecheck.backends.problem import MoEProblem
+from moecheck.reference.errmodel.budget import ErrorBudget
+from moecheck.reference.errmodel.table import Loosening, budget_for
 from moecheck.reference.moe import Rounding
 
 
@@ -41,6 +43,7 @@ class Capability:
     max_experts: int | None = None
     max_top_k: int | None = None
     rounding: Rounding = Rounding()  # where the kernel rounds: the reference mirrors it
+    numerics: tuple[Loosening, ...] = ()  # how its arithmetic differs from the baseline budget, each with why
     requires: tuple[str, ...] = ()  # importable modules needed
     limitations: tuple[Limitation, ...] = ()
     verified: tuple[str, ...] = ()  # "where/what it was verified with", e.g. "H100 sm_90, torch 2.11"
@@ -49,6 +52,10 @@ class Capability:
     kind: str = "moe"  # "moe": run() computes the layer; "router": route() computes top-k ids and weights
     routers: frozenset[str] = frozenset()  # router kinds (reference/routing.py) it computes itself from logits
     routed_scaling: bool = True  # its router applies routed_scaling_factor (else only 1.0 is drawn)
+
+    def budget(self, fmt: str) -> ErrorBudget:
+        """What a correct kernel of this record may differ by, for format `fmt` (reference/errmodel/table.py)."""
+        return budget_for(fmt, self.numerics)
 
     def unsupported(self, problem: MoEProblem) -> str | None:
         """None if the record allows this problem, else the first reason it does not."""

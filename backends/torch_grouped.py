@@ -13,6 +13,7 @@ from moecheck.backends.base import Backend, Capability, Limitation
 from moecheck.backends.dispatch import combine, dispatch, scaled_input
 from moecheck.backends.problem import MoEProblem
 from moecheck.reference import activations as act_mod
+from moecheck.reference.errmodel.table import FP8_WGMMA
 from moecheck.reference.moe import ACT, Rounding
 
 # the bias is added in torch after the grouped GEMM has stored its result in the activation dtype
@@ -96,7 +97,7 @@ BACKENDS = [
             formats=frozenset({"fp8_token_channel"}), archs=frozenset({(9, 0), (10, 0)}),
             activations=_ACTS, expert_map=True, weights_on_input=True, out_buffer=True,
             hidden_align=16, inter_align=16,  # fp8 mats: 16-byte strides
-            rounding=_BF16_ROUNDING,
+            rounding=_BF16_ROUNDING, numerics=(FP8_WGMMA,),  # torch's row-wise FP8 grouped GEMM is WGMMA on Hopper
             limitations=(Limitation("FP8 row-wise grouped GEMM exists only for sm_90 / sm_100",
                                     "https://github.com/pytorch/pytorch/blob/main/aten/src/ATen/native/cuda/Blas.cpp"),)),
         spies=("torch:_scaled_grouped_mm",)),

@@ -54,14 +54,28 @@ def render(rows: list[dict]) -> str:
             notes[key] = "refused: " + ", ".join(refused)
         elif skips and not cells[key]["passed"]:
             notes[key] = _first(skips[0].get("message", ""), 90)
+    worst = {key: _worst([r for r in rows if (r["backend"], r["format"]) == key]) for key in cells}
     wb = max([len("backend"), *(len(b) for b, _ in cells)])
     wf = max([len("format"), *(len(f) for _, f in cells)])
-    head = f"{'backend':{wb}s}  {'format':{wf}s}  " + " ".join(f"{c:>{max(4, len(c))}s}" for c, _ in COLUMNS) + "  note"
+    head = (f"{'backend':{wb}s}  {'format':{wf}s}  " + " ".join(f"{c:>{max(4, len(c))}s}" for c, _ in COLUMNS)
+            + f"  {'max':>6s} {'rms':>6s} {'bias':>7s}  note")
     lines = [head]
     for (b, f), c in sorted(cells.items()):
         nums = " ".join(f"{c[o]:>{max(4, len(name))}d}" for name, o in COLUMNS)
-        lines.append(f"{b:{wb}s}  {f:{wf}s}  {nums}  {notes.get((b, f), '')}".rstrip())
+        lines.append(f"{b:{wb}s}  {f:{wf}s}  {nums}  {worst[(b, f)]}  {notes.get((b, f), '')}".rstrip())
     return "\n".join(lines)
+
+
+def _worst(rows: list[dict]) -> str:
+    """The worst max and RMS normalized errors and the largest bias over a backend x format's tests."""
+    def stat(key, fn):
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
+        return fn(vals) if vals else None
+
+    mx, rms = stat("max_norm_err", max), stat("rms_norm_err", max)
+    bias = stat("bias", lambda v: max(v, key=abs))
+    f = lambda v, w, spec: f"{'-':>{w}s}" if v is None else f"{v:{w}{spec}}"  # noqa: E731
+    return f"{f(mx, 6, '.3g')} {f(rms, 6, '.3g')} {f(bias, 7, '+.2g')}"
 
 
 def findings(rows: list[dict]) -> str:

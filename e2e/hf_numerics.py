@@ -5,7 +5,7 @@ act_fn(gate) before the multiply by up, the activation output and the GEMM2 outp
 it (gpt-oss also stores each GEMM before adding its bias), the router weight multiplies the
 expert output in it (Qwen/OLMoE cast the weights to the model dtype first; Mixtral/DeepSeek keep
 fp32 weights and cast the product), and `index_add_` sums the k expert outputs in it. The
-reference with HF_EAGER rounding stores at the same points; its error model then bounds the
+reference with HF eager rounding stores at the same points; its error model then bounds the
 remaining differences (accumulation order, the activation's own evaluation).
 Families with shared experts add the shared output to the routed one in the model dtype, in both
 HF and moecheck: one rounding each, i.e. at most 2u |out| apart on top of the routed bound.
@@ -20,8 +20,6 @@ from moecheck.reference.errmodel.budget import unit_roundoff
 from moecheck.reference.errmodel.table import budget_for
 from moecheck.reference.moe import Rounding
 
-HF_EAGER = "hf_eager"  # the "backend" name HF's own eager block is looked up under in the tolerance table
-
 
 def hf_eager_rounding(dtype: torch.dtype) -> Rounding:
     narrow = None if dtype == torch.float32 else dtype
@@ -32,7 +30,7 @@ def hf_eager_rounding(dtype: torch.dtype) -> Rounding:
 def hf_block_bound(problem: MoEProblem, family: Family, hf_out: torch.Tensor) -> torch.Tensor:
     """Allowed |moecheck block - HF eager block| per element [T, H] for the routing in `problem`."""
     dtype = problem.hidden_states.dtype
-    ref = problem.reference(hf_eager_rounding(dtype), budget_for(problem.fmt.name, HF_EAGER))
+    ref = problem.reference(hf_eager_rounding(dtype), budget_for(problem.fmt.name))
     bound = ref.bound
     if family.shared is not None:
         bound = bound + 2 * unit_roundoff(dtype) * hf_out.float().abs().reshape(bound.shape)

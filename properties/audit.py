@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from moecheck.backends.base import Backend
 from moecheck.properties.case import Case, build
-from moecheck.reference.errmodel import budget_for, compare
+from moecheck.reference.errmodel import compare
 from moecheck.reference.formats import FORMATS
 
 
@@ -41,7 +41,7 @@ def _try(b: Backend, case: Case, device) -> tuple[str, str]:
     except Exception as e:  # the point: does it refuse, and how clearly
         first = (str(e).strip().splitlines() or [""])[0][:160]
         return "refused", f"{type(e).__name__}: {first}"
-    ref = p.reference(b.capability.rounding, budget_for(case.format, b.name))
+    ref = p.reference(b.capability.rounding, b.capability.budget(case.format))
     c = compare(out, ref.out, ref.bound)
     if c.nonfinite:
         return "non-finite", c.summary()

@@ -98,6 +98,7 @@ class Case:
 
     def summary(self) -> str:
         extra = [f"ep_remote={self.ep_remote}"] * bool(self.ep_remote) + ["bias"] * self.bias
+        extra += ["weights_on_input"] * self.weights_on_input
         extra += [f"lora={self.lora_adapters}x{self.lora_rank}"] * bool(self.lora_adapters)
         if self.router:
             extra += [f"router={self.router}/{self.router_logits}" + (f" groups={self.topk_group}of{self.n_group}" if self.n_group > 1 else "")
@@ -161,6 +162,19 @@ def _routing(g, c: Case, n_local_ok: torch.Tensor):
     return (*route(logits, spec), None, None)
 
 
+TILE = 64  # weight tiles of one magnitude: finer than any 128x128 scale block
+
+
+def _tile_magnitudes(c: Case, shape, which: int) -> torch.Tensor:
+    """Per 64x64 tile of each expert's weight, a magnitude 2^U(-2, 2), as real checkpoints' blocks differ:
+    a kernel that reads another block's (or expert's) scale is then wrong by a visible factor. Drawn from
+    a generator of its own, after everything else, so the other tensors of a case stay as they were."""
+    g = torch.Generator().manual_seed((c.seed * 7919 + which) % 2**63)
+    e, r, k = shape
+    tiles = torch.exp2(torch.rand(e, -(-r // TILE), -(-k // TILE), generator=g) * 4 - 2)
+    return tiles.repeat_interleave(TILE, 1).repeat_interleave(TILE, 2)[:, :r, :k]
+
+
 def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] | None = None) -> MoEProblem:
     """Deterministic tensors for `c` (CPU generator, then moved), weights quantized by the reference.
 
@@ -201,6 +215,7 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
     if fmt.act is not None and fmt.act.static:  # calibrated scales: on the input itself, a fixed guess for the intermediate
         a1 = calibrate(x, fmt.act).clamp(min=2.0**-20)
         a2 = torch.tensor(2.0**-6)
+    w13, w2 = w13 * _tile_magnitudes(c, w13.shape, 1), w2 * _tile_magnitudes(c, w2.shape, 2)
     if pad_to is not None:
         hp, ip = pad_to
         x, w13, w2 = pad_hidden(x, hp), pad_w13(w13, ip, hp, act), pad_w2(w2, hp, ip)

@@ -1,9 +1,15 @@
 """Hypothesis strategies: draw a case's structure (+ a seed) within what a backend's record allows.
 
-Sizes are drawn as multiples of the alignment the format and backend need, times a drawn factor,
-plus deliberately awkward ones (not multiples of 16/32/128/256) where the record allows any size.
-Routing draws include skew, everything on one expert and empty experts; values include outliers,
-tiny magnitudes near scale underflow and block maxima on rounding boundaries.
+Every structure the record allows is drawn often enough to appear in a ci-profile run (10 examples),
+without relying on pinned cases (tests/properties/test_power.py measures it with them off):
+  - tokens spread over the whole range, a small half and a large half; 0, 1, 2 only in the edge tests;
+  - sizes as multiples of the alignment the format and backend need, large ones as often as small, plus
+    deliberately awkward ones (not multiples of 16/32/128/256) where the record allows any size;
+  - block formats with two or more scale blocks in each direction about half the time;
+  - router weight on the input, expert maps, LoRA and biases about half the time where claimed, and
+    every claimed activation;
+  - routing with skew, everything on one expert and empty experts; values with outliers, tiny
+    magnitudes near scale underflow and block maxima on rounding boundaries.
 """
 from __future__ import annotations
 
@@ -11,22 +17,33 @@ import math
 
 from hypothesis import strategies as st
 from moecheck.backends.base import Backend
-from moecheck.properties.case import ROUTER_LOGITS, ROUTINGS, VALUES, Case, weight_block_rows
+from moecheck.properties.case import (
+    ROUTER_LOGITS,
+    ROUTINGS,
+    VALUES,
+    Case,
+    weight_block_rows,
+)
 from moecheck.reference.activations import ACTIVATIONS
 from moecheck.reference.formats import get_format
 
 # sizes: (max tokens, max hidden, max inter, max experts) per budget; CPU CI keeps them small
-LIMITS = {"cpu": (40, 256, 160, 10), "cuda": (600, 2048, 1024, 64)}
+LIMITS = {"cpu": (96, 384, 256, 10), "cuda": (600, 2048, 1024, 64)}
 AWKWARD = (1, 3, 7, 15, 17, 31, 33, 100, 127, 129, 255, 257)
 
 
 def _size(align: int, hi: int):
-    """A multiple of `align` up to ~hi, with awkward sizes when align allows them."""
+    """A multiple of `align` up to ~hi: small, large and (where align allows any size) awkward ones in
+    equal shares. Block formats (align >= 64) take two or more blocks three times in four."""
     hi = max(hi, align)
-    aligned = st.integers(1, max(1, hi // align)).map(lambda m: m * align)
+    m_hi = max(1, hi // align)
+    half = max(1, m_hi // 2)
+    if align >= 64 and m_hi >= 2:
+        return st.sampled_from([1, *range(2, m_hi + 1), *range(2, m_hi + 1), *range(2, m_hi + 1)]).map(lambda m: m * align)
+    small, large = st.integers(1, half).map(lambda m: m * align), st.integers(half, m_hi).map(lambda m: m * align)
     if align == 1:
-        return st.one_of(st.sampled_from([a for a in AWKWARD if a <= hi]), aligned)
-    return aligned
+        return st.one_of(st.sampled_from([a for a in AWKWARD if a <= hi]), small, large)
+    return st.one_of(small, large)
 
 
 # Edge contracts, each a test of its own (property edge_contract): name -> what the draw pins.
@@ -53,7 +70,8 @@ def _tokens(draw, cap, t_hi: int, edge: str | None, experts: int) -> int:
     lo = max(EDGE_TOKENS, cap.min_tokens)
     hi = max(t_hi, lo)
     mid = min(max(lo, 16), hi)
-    return draw(st.one_of(st.integers(lo, mid), st.integers(mid, hi)))  # small batches and large ones alike
+    # small batches, large ones and the largest (where the rms and bias verdicts have elements to judge)
+    return draw(st.one_of(st.integers(lo, mid), st.integers(mid, hi), st.integers(max(mid, hi // 2), hi)))
 
 
 def edge_applies(backend: Backend, edge: str) -> str | None:
@@ -67,11 +85,23 @@ def edge_applies(backend: Backend, edge: str) -> str | None:
     return None
 
 
+def _blocked_size(blk: int, align: int, hi: int):
+    """For 2-D scale blocks (blk > 1): two or three blocks (ragged edges included) three times in four,
+    so a scale read from the wrong block shows; else _size."""
+    if blk <= 1:
+        return _size(align, hi)
+    several = st.integers(blk + 1, 3 * blk).map(lambda n: -(-n // align) * align)
+    return st.one_of(_size(align, hi), several, several, several)
+
+
 @st.composite
 def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "cpu", edge: str | None = None) -> Case:
     cap = backend.capability
     fmt = get_format(fmt_name)
     t_max, h_max, i_max, e_max = LIMITS[device_kind]
+    blk = weight_block_rows(fmt)
+    if blk > 1:  # 128x128 scale blocks: room for three in each direction
+        h_max, i_max = max(h_max, 3 * blk), max(i_max, 3 * blk)
     h_align = math.lcm(cap.hidden_align, fmt.k_multiple)
     i_align = math.lcm(cap.inter_align, fmt.k_multiple)
     if prop == "padded_equals_unpadded":  # the point is sizes the kernel cannot take unpadded
@@ -85,13 +115,15 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         experts = draw(st.integers(min(e_min, e_max), e_max))
     ep_remote = draw(st.integers(0, experts - 1)) if cap.expert_map and experts > 1 and draw(st.booleans()) else 0
     k_max = min(experts, cap.max_top_k or experts, 8)
-    on_input = cap.weights_on_input and edge is None and draw(st.integers(0, 9)) == 0
+    on_input = cap.weights_on_input and edge is None and draw(st.booleans())
     if edge == "top_k_equals_experts":
         experts = min(experts, cap.max_top_k or 8, 8)
         ep_remote = 0
     if edge == "expert_with_no_rows":  # case.build leaves odd experts empty when the even ones can hold top_k
         k_max, ep_remote = max(1, min(k_max, (experts + 1) // 2)), 0
-    top_k = 1 if on_input else experts if edge == "top_k_equals_experts" else draw(st.integers(1, k_max))
+    # real models route to 2..8 experts: the upper half as often as the whole range
+    k_any = st.one_of(st.integers(1, k_max), st.integers(max(1, (k_max + 1) // 2), k_max))
+    top_k = 1 if on_input else experts if edge == "top_k_equals_experts" else draw(k_any)
     t_hi = max(min(t_max, cap.max_tokens or t_max), cap.min_tokens)
     tokens = _tokens(draw, cap, t_hi, edge, experts)
     acts = sorted(a for a in cap.activations if a in ACTIVATIONS)
@@ -102,7 +134,8 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         on_input = on_input and routing["router"] == "llama4"
     return Case(
         backend=backend.name, format=fmt_name, property=prop, tokens=tokens,
-        hidden=draw(_size(h_align, h_max)), inter=draw(_size(i_align, i_max)), experts=experts, top_k=top_k,
+        hidden=draw(_blocked_size(blk, h_align, h_max)), inter=draw(_blocked_size(blk, i_align, i_max)),
+        experts=experts, top_k=top_k,
         dtype=draw(st.sampled_from(sorted(str(d).replace("torch.", "") for d in cap.dtypes
                                           if str(d).replace("torch.", "") in ("bfloat16", "float16")))),
         activation=draw(st.sampled_from(acts)),

@@ -16,7 +16,7 @@ import os
 from fnmatch import fnmatchcase
 
 import pytest
-from hypothesis import given, note, settings
+from hypothesis import given, note, settings, target
 from moecheck.backends import registry
 from moecheck.properties import isolation
 from moecheck.properties.case import Case
@@ -86,7 +86,7 @@ class Tally:
         self.request, self.nodeid = request, request.node.nodeid
         self.backend, self.fmt, self.label = registry.get(backend_name), fmt, label
         self.device = self.backend.availability().device
-        self.ran, self.err, self.rms, self.worst = 0, 0.0, 0.0, None
+        self.ran, self.err, self.rms, self.bias, self.worst = 0, 0.0, 0.0, 0.0, None
         self.skips, self.unclaimed, self.refused, self.failures = [], [], [], []
         if _CONTEXT_LOST and self.device == "cuda":
             pytest.skip(f"CUDA context lost after {_CONTEXT_LOST[0][0]} ({_CONTEXT_LOST[0][1]}); "
@@ -109,9 +109,17 @@ class Tally:
         if out.verdict == "refused":
             self.refused.append(out.message)
         c = out.cmp
+        if c is not None and self._in_hypothesis() and c.max_norm_err < float("inf"):
+            # steer the search toward the edge of the bound (Hypothesis' targeted phase)
+            target(c.max_norm_err, label="max normalized error")
+            if getattr(c, "rms_bound", None):
+                target(c.rms_norm_err / c.rms_bound, label="rms over its bound")
         if self.worst is None or (c is not None and c.max_norm_err > self.err):
-            self.err, self.rms = (c.max_norm_err, c.rms_norm_err) if c is not None else (self.err, self.rms)
+            self.err = c.max_norm_err if c is not None else self.err
             self.worst = case
+        if c is not None:  # the worst of each statistic, over every example
+            self.rms = max(self.rms, c.rms_norm_err)
+            self.bias = max(self.bias, getattr(c, "bias", 0.0), key=abs)
         if out.verdict == "fail":
             self._fail(case, out, raise_on_fail)
         return out
@@ -149,6 +157,7 @@ class Tally:
         rec = {"backend": self.backend.name, "format": self.fmt, "property": self.label, "examples_run": self.ran,
                "max_norm_err": c.max_norm_err if c is not None else self.err,
                "rms_norm_err": c.rms_norm_err if c is not None else self.rms,
+               "bias": getattr(c, "bias", 0.0) if c is not None else self.bias,
                "where": list(c.where) if c is not None and c.where is not None else None,
                "worst_case": (case or self.worst).to_json() if (case or self.worst) else None}
         if out is not None:

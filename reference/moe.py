@@ -15,7 +15,8 @@ import torch
 from moecheck.reference import activations as act_mod
 from moecheck.reference.activations import ActivationSpec
 from moecheck.reference.errmodel.budget import ErrorBudget
-from moecheck.reference.errmodel.propagate import gemm_var, requant_var, round_var
+from moecheck.reference.errmodel.chains import Spread, gemm_spread, split3
+from moecheck.reference.errmodel.propagate import requant_var, round_var
 from moecheck.reference.errors import require
 from moecheck.reference.formats import Format
 from moecheck.reference.grouped import Groups, grouped_apply, grouped_mm
@@ -56,6 +57,8 @@ def resolve(r: Rounding, act_dtype: torch.dtype) -> Rounding:
 class MoEResult:
     out: torch.Tensor  # [T, H] in the input dtype
     bound: torch.Tensor | None  # [T, H] fp32 allowed |backend - out|, when a budget was given
+    expected_var: torch.Tensor | None = None  # [T, H] fp32 expected (backend - out)^2 of a correct kernel
+
 
 
 def _deq(w) -> torch.Tensor:
@@ -164,7 +167,7 @@ def fused_experts(hidden_states: torch.Tensor, w13, w2, topk_weights: torch.Tens
     out_dtype = x.dtype
     if T == 0:
         z = x.new_zeros(0, H)
-        return MoEResult(z, None if budget is None else z.float())
+        return MoEResult(z, None if budget is None else z.float(), None if budget is None else z.float())
     with _ieee_fp32():
         return _forward(x, _deq(w13), _deq(w2), topk_weights, topk_ids, fmt, activation, resolve(rounding, out_dtype), expert_map,
                         w13_bias, w2_bias, a1_scale, a2_scale, apply_router_weight_on_input, lora, token_lora,
@@ -188,7 +191,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         # x / scale is exact for power-of-two scales in any implementation; otherwise a kernel may
         # multiply by a reciprocal and break a tie the other way
         rel = 0.0 if fmt.act.rule in (ScaleRule.MX, ScaleRule.UE8M0) else budget.input_rel
-        var_a = requant_var(xin, rel * xin.float().abs(), fmt.act, a1_scale, budget, 1.0)
+        var_a = requant_var(xin, rel * xin.float().abs(), fmt.act, a1_scale, budget, 1.0)  # same in both chains
 
     # dispatch: one row per (token, slot) routed to a local expert, sorted by expert
     flat = local.flatten()
@@ -204,10 +207,10 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     var_h = None
     if track:
         vA = var_a[tok_rows] if isinstance(var_a, torch.Tensor) else None
-        var_h = _grouped_var(A, vA, W13.float().square(), groups, budget)
+        var_h = _grouped_var(A, None if vA is None else Spread.of(vA), W13.float().square(), groups, budget)
     if b13 is not None:
         if track:
-            var_h = var_h + round_var(h, rnd.pre_bias)
+            var_h = var_h.rounded(h, rnd.pre_bias)
         h = _rnd(h, rnd.pre_bias) + b13.float().to(dev)[e_rows]
     adapters = token_lora.to(dev).long()[tok_rows] if (lora is not None and token_lora is not None) else None
     if adapters is not None:
@@ -215,9 +218,9 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         d13 = act_mod.join_gate_up(g, u, act) if act.gated else g
         h = h + d13
         if track:
-            var_h = var_h + round_var(d13, rnd.lora_mid) + (budget.lora_rel * d13.double()) ** 2 / 3.0
+            var_h = var_h.plus(round_var(d13, rnd.lora_mid) + (budget.lora_rel * d13.double()) ** 2 / 3.0)
     if track:
-        var_h = var_h + round_var(h, rnd.gemm1_out)
+        var_h = var_h.rounded(h, rnd.gemm1_out)
     h = _rnd(h, rnd.gemm1_out)
 
     y_exact = act_mod.apply(h, act)
@@ -225,34 +228,39 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     var_y = None
     if track:
         dg, du = act_mod.partials(h, act)
-        if act.gated:
-            vg, vu = act_mod.split_gate_up(var_h, act)
-            var_y = dg * dg * vg + du * du * vu
-        else:
-            var_y = dg * dg * var_h
-        var_y = var_y + (budget.act_fn_rel * _act_fn_scale(h, y, act).double()) ** 2 / 3.0 + round_var(y, rnd.act_out)
+
+        def through(v, p):  # p = 2: variances; p = 1: mean absolute differences
+            if act.gated:
+                vg, vu = act_mod.split_gate_up(v, act)
+                return dg.abs() ** p * vg + du.abs() ** p * vu
+            return dg.abs() ** p * v
+
+        var_y = var_h.map(lambda v: through(v, 2), lambda v: through(v, 1))
+        var_y = var_y.plus((budget.act_fn_rel * _act_fn_scale(h, y, act).double()) ** 2 / 3.0)
         if act.gated:  # rounding f(gate) by u moves f(gate) * up by the same relative amount
-            var_y = var_y + round_var(y_exact, rnd.act_gate)
+            var_y = var_y.rounded(y_exact, rnd.act_gate)
+        var_y = var_y.rounded(y, rnd.act_out)
     y = _rnd(y, rnd.act_out)
     y_lora_in = y
     if fmt.act is not None and y.shape[0]:
-        if track:
-            var_y = var_y + requant_var(y, var_y.sqrt(), fmt.act, a2_scale, budget, budget.inter_quant_steps)
+        if track:  # flips found by probing, each chain at its own sigma (an envelope: the RMS verdict is weaker here)
+            q = lambda sd: requant_var(y, sd, fmt.act, a2_scale, budget, budget.inter_quant_steps)  # noqa: E731
+            var_y = var_y.add_exp(q(var_y.env.sqrt()), q(var_y.exp.sqrt()))
         y = quantize(y, fmt.act, a2_scale).dequantize()
 
     o = _grouped(y, W2, groups, _bf16_exact(y) and _bf16_exact(W2))
     var_o = _grouped_var(y, var_y, W2.float().square(), groups, budget) if track else None
     if b2 is not None:
         if track:
-            var_o = var_o + round_var(o, rnd.pre_bias)
+            var_o = var_o.rounded(o, rnd.pre_bias)
         o = _rnd(o, rnd.pre_bias) + b2.float().to(dev)[e_rows]
     if adapters is not None:
         d2 = lora_w2_delta(lora, y_lora_in.to(out_dtype), e_rows, adapters, rnd.lora_mid)
         o = o + d2
         if track:
-            var_o = var_o + round_var(d2, rnd.lora_mid) + (budget.lora_rel * d2.double()) ** 2 / 3.0
+            var_o = var_o.plus(round_var(d2, rnd.lora_mid) + (budget.lora_rel * d2.double()) ** 2 / 3.0)
     if track:
-        var_o = var_o + round_var(o, rnd.gemm2_out)
+        var_o = var_o.rounded(o, rnd.gemm2_out)
     o = _rnd(o, rnd.gemm2_out)
 
     # combine: k slots per token, summed in slot order in the declared accumulator dtype
@@ -267,13 +275,21 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     if not track:
         return MoEResult(out, None)
 
-    vbuf = torch.zeros(T * k, H, device=dev, dtype=torch.float64)  # variances in float64 (propagate.gemm_var)
-    vbuf[slot_rows] = var_o * (w_rows * w_rows)[:, None] + round_var(o * w_rows[:, None], rnd.topk_weights)
-    var = vbuf.view(T, k, H).sum(1)
+    def summed(v):  # [R, H] per routed row -> [T, H]: the k slots of each token
+        vbuf = torch.zeros(T * k, H, device=dev, dtype=torch.float64)  # variances in float64 (propagate.gemm_var)
+        vbuf[slot_rows] = v
+        return vbuf.view(T, k, H).sum(1)
+
+    wa = w_rows.double().abs()[:, None]
+    slots = var_o.map(lambda v: v * wa * wa, lambda m: m * wa).rounded(o * w_rows[:, None], rnd.topk_weights)
+    var = slots.map(summed, summed)
     accf = acc.float()
-    var = var + k * round_var(accf, rnd.topk_sum) + 2 * round_var(accf, out_dtype)
-    bound = (budget.z * var.sqrt()).float() + torch.finfo(torch.float32).tiny
-    return MoEResult(out, bound)
+    for _ in range(k):  # each slot's add, in the declared accumulator
+        var = var.rounded(accf, rnd.topk_sum)
+    env = var.env + 2 * round_var(accf, out_dtype)
+    exp = var.rounded(accf, out_dtype).exp
+    bound = (budget.z * env.sqrt()).float() + torch.finfo(torch.float32).tiny
+    return MoEResult(out, bound, exp.float())
 
 
 def _act_fn_scale(h, y, act: ActivationSpec) -> torch.Tensor:
@@ -288,8 +304,13 @@ def _act_fn_scale(h, y, act: ActivationSpec) -> torch.Tensor:
     return torch.maximum(y.abs(), 0.5 * (g * u).abs())
 
 
-def _grouped_var(a, var_a, w_sq, groups: Groups, budget):
-    return grouped_apply(lambda x, v, w: gemm_var(x, v, w, w_sq.shape[2], budget), groups, w_sq, a, var_a)
+def _grouped_var(a, var_a: Spread | None, w_sq, groups: Groups, budget) -> Spread:
+    if a.shape[0] == 0:
+        z = a.new_zeros(0, w_sq.shape[1], dtype=torch.float64)
+        return Spread(z, z, z)
+    chains = (None, None, None) if var_a is None else (var_a.env, var_a.exp, var_a.m1)
+    return split3(grouped_apply(lambda x, ve, vx, vm, w: gemm_spread(x, ve, vx, vm, w, w_sq.shape[2], budget),
+                                groups, w_sq, a, *chains))
 
 
 def fused_moe(hidden_states: torch.Tensor, router_logits: torch.Tensor, w13, w2, *, router: RouterSpec,

@@ -23,6 +23,7 @@ from moecheck.backends.base import Capability, Limitation
 from moecheck.backends.flashinfer import common as C
 from moecheck.backends.flashinfer import layouts as L
 from moecheck.backends.problem import MoEProblem
+from moecheck.reference.errmodel.table import FP8_WGMMA
 from moecheck.reference.errors import require
 from moecheck.reference.qtensor import QTensor
 from moecheck.reference.quantize import quantize
@@ -193,8 +194,9 @@ _LINK = "https://github.com/flashinfer-ai/flashinfer/blob/main/tests/moe/test_tr
 
 
 def _cap(formats, archs, rounding, acts=_ACTS, dtypes=frozenset({torch.bfloat16}), extra=()):
+    # the FP8 CUTLASS grouped GEMM on Hopper is WGMMA with its truncating ~14-bit accumulator (formats fp8*)
     return Capability(formats=frozenset(formats), dtypes=dtypes, archs=frozenset(archs), activations=acts,
-                      out_buffer=True, hidden_align=128, inter_align=128, rounding=rounding,
+                      out_buffer=True, hidden_align=128, inter_align=128, rounding=rounding, numerics=(FP8_WGMMA,),
                       requires=C.REQUIRES, limitations=(C.UNVERIFIED, *[C.SM90_MOE_LIMIT] * ((9, 0) in archs), *extra),
                       verified=(), deterministic=True)
 

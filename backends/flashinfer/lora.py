@@ -30,6 +30,7 @@ from moecheck.backends.dispatch import dispatch, weighted_sum
 from moecheck.backends.flashinfer import common as C
 from moecheck.backends.problem import MoEProblem
 from moecheck.reference import activations as act_mod
+from moecheck.reference.errmodel.table import BF16_LORA_SHRINK
 from moecheck.reference.errors import require
 from moecheck.reference.grouped import loop_mm
 from moecheck.reference.lora import MoELoRA
@@ -125,6 +126,7 @@ BACKENDS = [
             formats=frozenset({"bf16"}), archs=frozenset({(9, 0), (10, 0), (10, 3)}),
             activations=frozenset({"silu", "silu_up_gate", "gelu", "gelu_tanh", "swigluoai"}), lora=True, bias=True,
             out_buffer=True, rounding=Rounding(gemm1_out=ACT, act_out=ACT, lora_mid=ACT), requires=C.REQUIRES,
+            numerics=(BF16_LORA_SHRINK,),
             limitations=(C.UNVERIFIED,
                          Limitation("kernels compiled for ranks 8/16/32/64 and widths 384..28672 only: hidden, intermediate "
                                     "and rank are zero-padded to the next compiled size",

@@ -21,6 +21,7 @@ from moecheck.backends.base import Capability, Limitation
 from moecheck.backends.flashinfer import common as C
 from moecheck.backends.flashinfer import layouts as L
 from moecheck.backends.problem import MoEProblem
+from moecheck.reference.errmodel.table import FP8_WGMMA
 from moecheck.reference.errors import require
 from moecheck.reference.moe import ACT, Rounding
 from moecheck.reference.routing import RouterSpec, route
@@ -71,6 +72,7 @@ MONO = MonoMoE(
         formats=frozenset({"fp8_block"}), archs=frozenset({(9, 0)}), activations=frozenset({"silu"}), out_buffer=True,
         hidden_align=K, inter_align=N, max_tokens=MAX_TOKENS, max_experts=E, max_top_k=8,
         rounding=Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT, topk_weights=ACT), requires=C.REQUIRES,
+        numerics=(FP8_WGMMA,),  # its FP8 block GEMMs are Hopper WGMMA too
         limitations=(C.UNVERIFIED, Limitation(
             "hard-specialized to E=256, N=512, K=2048, M<=8; routing (softmax/sigmoid top-k) happens inside",
             "https://github.com/flashinfer-ai/flashinfer/blob/main/flashinfer/fused_moe/monomoe.py")),

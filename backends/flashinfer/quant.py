@@ -35,6 +35,8 @@ import torch
 from moecheck.backends.flashinfer import common as C
 from moecheck.reference.codecs import E2M1, E4M3
 from moecheck.reference.errmodel import budget_for
+from moecheck.reference.errmodel.budget import ErrorBudget
+from moecheck.reference.errmodel.table import Loosening
 from moecheck.reference.errors import require
 from moecheck.reference.formats import FORMATS
 from moecheck.reference.layouts import unpack_nibbles, unswizzle_128x4
@@ -45,7 +47,12 @@ FP4_MOD = "flashinfer.quantization.fp4_quantization"
 MXFP8_FORMAT = "mxfp8_rceil"  # FlashInfer's mxfp8_quantize rounds the E8M0 exponent up (RCEIL)
 MXFP4_FORMAT = "mxfp4_bf16_rceil"
 NVFP4_FORMAT = "nvfp4_dynamic"  # activation-style: global scale from the data (amax / 2688)
-QUANT_NAME = "flashinfer_fp4_quantize"  # the tolerance-table key of the NVFP4 midpoint rule
+# fp4_quantize's arithmetic, declared as a backend record would declare it
+FP4_QUANTIZE_RCP = Loosening(
+    ErrorBudget(input_rel=2.0**-20),
+    "fp4_quantize multiplies by rcp.approx(sb * rcp.approx(global)) (docs/rounding.md sec. 4): a value within "
+    "~2^-20 relative of an E2M1/E4M3 rounding midpoint may round the other way; only there is a one-code "
+    "difference accepted", formats="nvfp4*")
 FLOOD = 0xA5  # byte pattern left in recycled allocator blocks before a FlashInfer call
 
 
@@ -231,7 +238,7 @@ def compare_fp4(x: torch.Tensor, kind: str = "nvfp4", swizzled: bool = True) -> 
     lin, d.pad_scales_nonzero = _linear_scales(sf.cpu(), m, k // vec, swizzled)
     want_sf = ref.scales.cpu().view(torch.uint8) if kind == "nvfp4" else ref.scales.cpu()
     if kind == "nvfp4":
-        amb_sb, amb_el = _nvfp4_ambiguous(x, ref, budget_for(NVFP4_FORMAT, QUANT_NAME).input_rel)
+        amb_sb, amb_el = _nvfp4_ambiguous(x, ref, budget_for(NVFP4_FORMAT, (FP4_QUANTIZE_RCP,)).input_rel)
         sf_ok = lambda a, b: amb_sb & _neighbour(a, b, 0x80, 0x7F)  # noqa: E731
         el_ok = lambda a, b: amb_el & _neighbour(a, b, 0x8, 0x7)  # noqa: E731
     else:

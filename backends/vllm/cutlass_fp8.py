@@ -26,7 +26,7 @@ from moecheck.backends.base import Capability, Limitation
 from moecheck.backends.problem import MoEProblem
 from moecheck.backends.vllm import layouts as L
 from moecheck.backends.vllm import modular as M
-from moecheck.backends.vllm.triton_fused import CONFIG, TRITON_ROUNDING
+from moecheck.backends.vllm.triton_fused import CONFIG, TRITON_ROUNDING, VLLM_FP8_MMA
 from moecheck.backends.vllm.versions import VllmBackend, vmod
 from moecheck.reference.errors import require
 
@@ -101,7 +101,8 @@ LIM_NO_EP = Limitation("expert_map not claimed: CutlassExpertsFp8 zero-fills for
 
 def _cap(formats, archs, **kw) -> Capability:
     return Capability(formats=frozenset(formats), dtypes=_DT, archs=archs, activations=GATED, hidden_align=16,
-                      inter_align=16, min_tokens=M.MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",), **kw)
+                      inter_align=16, min_tokens=M.MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",),
+                      numerics=(VLLM_FP8_MMA,), **kw)
 
 
 BACKENDS = [

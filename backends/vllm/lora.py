@@ -31,6 +31,7 @@ from moecheck.backends.vllm import layouts as L
 from moecheck.backends.vllm import modular as M
 from moecheck.backends.vllm.triton_fused import CONFIG, build_quant_config
 from moecheck.backends.vllm.versions import VllmBackend, vmod
+from moecheck.reference.errmodel.table import BF16_LORA_SHRINK
 from moecheck.reference.errors import require
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.moe import ACT, Rounding
@@ -108,6 +109,7 @@ BACKENDS = [
         capability=Capability(
             formats=frozenset({"bf16", "fp16"}), dtypes=frozenset({torch.bfloat16, torch.float16}),
             activations=frozenset({"silu", "gelu", "gelu_tanh"}), lora=True, min_tokens=M.MIN_TOKENS, rounding=LORA_ROUNDING,
+            numerics=(BF16_LORA_SHRINK,),
             requires=("vllm",), deterministic=False, limitations=(M.LIM_WS, Limitation(
                 "w13 LoRA delta is added to the already-rounded bf16 GEMM1 output (one more rounding than the "
                 "reference's gemm1_out)"), Limitation(

@@ -35,6 +35,8 @@ from moecheck.backends.vllm.triton_fused import (
     routing_args,
 )
 from moecheck.backends.vllm.versions import VllmBackend, vmod
+from moecheck.reference.errmodel.budget import ErrorBudget
+from moecheck.reference.errmodel.table import Loosening
 from moecheck.reference.errors import require
 
 MARLIN = "vllm.model_executor.layers.fused_moe.experts.marlin_moe"
@@ -135,9 +137,20 @@ LIM_SHAPE = Limitation("Marlin tiles: K multiples of GPTQ_MARLIN_MIN_THREAD_K=12
                        "(marlin_utils.verify_marlin_supports_shape); hidden and intermediate both aligned to 128")
 
 
+MARLIN_SCALES = (
+    Loosening(ErrorBudget(weight_rel=2.0**-7),
+              "Marlin takes group scales in the activation dtype (oracle/int_wna16.py, marlin_moe_permute_scales keeps "
+              "it) and dequantizes to bf16 before its bf16 MMA (CUDA source not read; implied by the MMA dtype): two "
+              "roundings of <= u(bf16) = 2^-8", formats="int4_*"),
+    Loosening(ErrorBudget(weight_rel=2.0**-7),
+              "Marlin FP8: prepare_fp8_moe_layer_for_marlin does scales.to(layer.orig_dtype) (bf16), and the e4m3 x "
+              "scale product is formed in bf16 before the MMA (CUDA source not read): two roundings of <= u(bf16) = 2^-8",
+              formats="fp8_w_channel"))
+
+
 def _cap(formats, **kw) -> Capability:
     base = dict(dtypes=_DT, archs=_ARCHS, activations=frozenset(VLLM_ACTIVATION), expert_map=True, out_buffer=True,
-                hidden_align=128, inter_align=128, rounding=TRITON_ROUNDING, requires=("vllm",))
+                hidden_align=128, inter_align=128, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=MARLIN_SCALES)
     return Capability(formats=frozenset(formats), **{**base, **kw})
 
 

@@ -27,6 +27,8 @@ from moecheck.backends.base import Capability, Limitation
 from moecheck.backends.problem import MoEProblem
 from moecheck.backends.vllm import layouts as L
 from moecheck.backends.vllm.versions import VllmBackend, vmod
+from moecheck.reference.errmodel.budget import ErrorBudget
+from moecheck.reference.errmodel.table import Loosening
 from moecheck.reference.errors import require
 from moecheck.reference.moe import ACT, Rounding
 
@@ -43,6 +45,20 @@ VLLM_ACTIVATION = {"silu": "SILU", "gelu": "GELU", "gelu_tanh": "GELU_TANH", "sw
 # per-expert GEMM2 out; moe_sum in the activation dtype
 TRITON_ROUNDING = Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT, topk_sum=ACT, act_gate=ACT)
 FP8_ARCHS = frozenset({(8, 9), (9, 0), (10, 0), (12, 0)})  # Triton fp8 tl.dot needs sm_89+
+
+# how vLLM's kernels' arithmetic differs from the baseline budget (reference/errmodel/table.py)
+VLLM_FP8_MMA = Loosening(
+    ErrorBudget(acc_unit=2.0**-13, acc_biased=True),
+    "FP8 MMA accumulation on Hopper: vLLM 0.24 fused_moe_kernel passes acc= to tl.dot for fp8 ('acc used to "
+    "enable fp8_fast_accum', fused_moe.py), i.e. WGMMA's ~14-bit truncating accumulator before promotion "
+    "(DeepSeek-V3 report sec. 3.3.2); the CUTLASS FP8 grouped GEMM is given the same (its kernel schedule not read)",
+    formats="fp8_[bt]*")
+WNA16_SCALES = Loosening(
+    ErrorBudget(weight_rel=2.0**-7),
+    "vLLM WNA16 rounds each weight twice: group scales are taken in the activation dtype (moe_wna16.py "
+    "params_dtype; csrc/moe/moe_wna16.cu reads b_scales as bf16/half), and fused_moe_kernel_gptq_awq casts "
+    "(q - z) * s to compute_type before tl.dot: two roundings of <= u(bf16) = 2^-8, variance 2u^2/3, covered by "
+    "weight_rel >= sqrt(2) u", formats="int[48]_*w_g*")
 
 LIM_ROUTER_ON_INPUT = Limitation(
     "apply_router_weight_on_input multiplies the GEMM1 accumulator by the weight (MUL_ROUTED_WEIGHT), "
@@ -190,7 +206,7 @@ _ACTS = frozenset(VLLM_ACTIVATION)
 
 def _cap(formats, archs=None, bias=True, acts=_ACTS, limitations=(), **kw) -> Capability:
     return Capability(formats=frozenset(formats), dtypes=_DT, archs=archs, activations=acts, expert_map=True,
-                      bias=bias, rounding=TRITON_ROUNDING, requires=("vllm",),
+                      bias=bias, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=(VLLM_FP8_MMA, WNA16_SCALES),
                       limitations=(LIM_ROUTER_ON_INPUT, LIM_MOE_SUM, *limitations), **kw)
 
 

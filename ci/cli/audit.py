@@ -1,6 +1,7 @@
 """`moecheck audit`: try what each record says is unsupported."""
 from __future__ import annotations
 
+
 def _audit(args) -> int:
     from moecheck.backends import registry
     from moecheck.properties.audit import audit_backend

@@ -1,6 +1,7 @@
 """`moecheck backends`: every backend, available or not, with why and its limitations."""
 from __future__ import annotations
 
+
 def _backends(args) -> int:
     from moecheck.backends import registry
 

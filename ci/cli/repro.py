@@ -1,6 +1,7 @@
 """`moecheck repro FILE | --case JSON`: replay one case (exit 0 pass, 1 fail, 125 cannot run here)."""
 from __future__ import annotations
 
+
 def _repro(args) -> int:
     from moecheck.properties.repro import main
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from moecheck.ci import table
 from moecheck.reference.errors import MoecheckError
 
-
 SELECT_ENV = {"backend": "MOECHECK_SELECT_BACKENDS", "format": "MOECHECK_SELECT_FORMATS", "property": "MOECHECK_SELECT_PROPERTIES"}
 
 

@@ -28,10 +28,15 @@ class ErrorBudget:
     lora_rel: float = 0.0  # extra relative slack on the LoRA delta (bf16 shrink output)
     weight_rel: float = 0.0  # relative rounding of each dequantized weight by the kernel's own scale storage
     flip_sigmas: float = 2.0  # element code flips are charged out to this many sigma from a boundary
+    # the RMS and bias verdicts (compare.py): each may fail a correct kernel with at most this probability
+    false_alarm: float = 1e-7  # ~1e5 comparisons a night: one false alarm in 100 nights, were the model tight
+    acc_biased: bool = False  # the accumulator truncates (FP8 WGMMA before promotion): its error has a sign
 
     def merge(self, other: "ErrorBudget") -> "ErrorBudget":
         """Element-wise max: the tolerance-table merge rule (a looser entry never tightens)."""
-        return ErrorBudget(**{f.name: max(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
+        looser = {f.name: max(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)}
+        looser["false_alarm"] = min(self.false_alarm, other.false_alarm)  # smaller is looser
+        return ErrorBudget(**looser)
 
 
 def unit_roundoff(dtype) -> float:

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 import torch
 from moecheck.reference.errmodel.budget import ErrorBudget, unit_roundoff
-from moecheck.reference.routing import RouterSpec, choice_scores, group_scores, route, weights_for
+from moecheck.reference.routing import (
+    RouterSpec,
+    choice_scores,
+    group_scores,
+    route,
+    weights_for,
+)
 
 _TRANSFORMED = ("softmax_topk", "sigmoid_topk", "deepseek_v3")  # kinds whose choice score is exp/sigmoid of a logit
 

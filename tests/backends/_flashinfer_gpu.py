@@ -69,7 +69,6 @@ def values(m: int, k: int, kind: str, seed: int, elem_max: float, block: int) ->
 def route_and_compare(logits, bias, spec):
     """The router backend on a problem carrying only logits, judged by the shared routing error model."""
     from moecheck.backends.problem import MoEProblem
-    from moecheck.reference.errmodel import budget_for
     from moecheck.reference.errmodel.routing import compare_routing
     from moecheck.reference.formats import get_format
 
@@ -80,4 +79,4 @@ def route_and_compare(logits, bias, spec):
     from moecheck.backends.flashinfer import routing
 
     w, ids = routing.TOPK_DEEPSEEK.route(None, p)
-    return compare_routing(w, ids, logits.float(), spec, bias.float(), budget_for("bf16", routing.TOPK_DEEPSEEK.name))
+    return compare_routing(w, ids, logits.float(), spec, bias.float(), routing.TOPK_DEEPSEEK.capability.budget("bf16"))

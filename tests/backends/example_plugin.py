@@ -42,5 +42,5 @@ class ToyMoE(Backend):
 
 
 CAP = Capability(formats=frozenset({"bf16", "fp8_token_channel"}), devices=frozenset({"cpu", "cuda"}),
-                 activations=frozenset({"silu"}), out_buffer=True, rounding=Rounding(gemm1_out=ACT, act_out=ACT))
+                 activations=frozenset({"silu"}), out_buffer=True, rounding=Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT))
 register(ToyMoE(name="toy_moe", capability=CAP, spies=("moecheck.tests.backends.example_plugin:toy_gemm",)))

@@ -24,7 +24,9 @@ from moecheck.reference.qtensor import expand_blocks
 from moecheck.reference.quantize import quantize
 from moecheck.reference.routing import RouterSpec, route
 from moecheck.reference.spec import MXScaleMode
-from moecheck.tests.backends._flashinfer_gpu import route_and_compare as _route_and_compare
+from moecheck.tests.backends._flashinfer_gpu import (
+    route_and_compare as _route_and_compare,
+)
 
 
 def _x(m, k, seed=0, zero_blocks=False):

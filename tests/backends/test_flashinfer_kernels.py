@@ -6,7 +6,11 @@ import torch
 from moecheck.backends.flashinfer import mono, routing
 from moecheck.backends.flashinfer.common import Refused
 from moecheck.reference.routing import RouterSpec
-from moecheck.tests.backends._flashinfer_gpu import arch, need_flashinfer, route_and_compare
+from moecheck.tests.backends._flashinfer_gpu import (
+    arch,
+    need_flashinfer,
+    route_and_compare,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -39,12 +43,12 @@ def _mono_fixed_shape(tokens: int, seed: int, device="cuda"):
     reference with the tolerance table's budget. Returns (Outcome-like message, Comparison)."""
     from moecheck.properties.case import Case, build
     from moecheck.properties.harness import run_backend
-    from moecheck.reference.errmodel import budget_for, compare
+    from moecheck.reference.errmodel import compare
 
     case = Case(backend=mono.MONO.name, format="fp8_block", tokens=tokens, hidden=mono.K, inter=mono.N, experts=mono.E, top_k=8, seed=seed)
     p = mono.routed_problem(build(case, device), seed, case.top_k)
     run = run_backend(mono.MONO, mono.MONO.prepare(p), p)
-    ref = p.reference(mono.MONO.capability.rounding, budget_for(p.fmt.name, mono.MONO.name))
+    ref = p.reference(mono.MONO.capability.rounding, mono.MONO.capability.budget(p.fmt.name))
     return run, compare(run.out, ref.out, ref.bound)
 
 

@@ -43,7 +43,7 @@ def test_each_routing_bug_is_caught_and_its_repro_exits_1(rows, bug):
 
 
 def _budget():
-    return budget_for("bf16", "cpu_router")
+    return budget_for("bf16")
 
 
 @pytest.mark.parametrize("name", sorted(ROUTERS))

@@ -60,7 +60,7 @@ def test_matches_dense_oracle(fmt_name, act_name, native):
     fmt = FORMATS[fmt_name]
     p = _add_lora(_layout_problem(fmt, act_name, T=16, k=2, seed=1, bias=True,
                                   x_dtype=None if native else torch.float32))
-    ref = fused_experts(**p, budget=budget_for(fmt.name, "oracle_f64"))
+    ref = fused_experts(**p, budget=budget_for(fmt.name))
     c = compare(run_oracle(p).to(ref.out.dtype), ref.out, ref.bound)
     assert c.passed, c.summary()
     # and LoRA did something: without it the oracle is far off
@@ -75,7 +75,7 @@ def test_lora_on_weighted_input_and_declared_rounding(fmt_name):
     p = make_problem(fmt, "silu", T=12, k=1, seed=2, router=RouterSpec("llama4", 1, apply_weights_to_input=True))
     p = _add_lora({**p, "apply_router_weight_on_input": True})
     for rnd in (Rounding(), ACT_EVERYWHERE):
-        ref = fused_experts(**p, rounding=rnd, budget=budget_for(fmt.name, "oracle_f64"))
+        ref = fused_experts(**p, rounding=rnd, budget=budget_for(fmt.name))
         c = compare(run_oracle(p).to(ref.out.dtype), ref.out, ref.bound)
         assert c.passed, f"{rnd}: {c.summary()}"
 
@@ -141,7 +141,7 @@ def test_each_slice_alone_equals_merged_weights(act_name, slice_):
     p = {**p, "w13": p["w13"].float(), "w2": p["w2"].float()}
     p = _add_lora(p, seed=5, zero=[s for s in ("gate", "up", "down") if s != slice_])
     out = fused_experts(**p).out
-    budget = budget_for(fmt.name, "reference")
+    budget = budget_for(fmt.name)
     for a in range(L):
         rows = p["token_lora"] == a
         w13, w2 = _merged(p, slice_, a)

@@ -67,7 +67,7 @@ def _problem(fmt, sc: Scenario, seed=0):
 
 def _check(p, rounding=Rounding(), **oracle_opts):
     fmt = p["fmt"]
-    ref = fused_experts(**p, rounding=rounding, budget=budget_for(fmt.name, ORACLE))
+    ref = fused_experts(**p, rounding=rounding, budget=budget_for(fmt.name))
     got = run_oracle(p, **oracle_opts).to(ref.out.dtype)
     return compare(got, ref.out, ref.bound), ref
 
@@ -120,7 +120,7 @@ def test_whole_tensor_activation_scales_see_all_rows(fmt_name):
     its own (a per-token kernel) must not pass for per-tensor formats — so the test can tell."""
     fmt = FORMATS[fmt_name]
     p = make_problem(fmt, "silu", T=12, seed=1, x_dtype=torch.float32)
-    ref = fused_experts(**p, budget=budget_for(fmt.name, ORACLE))
+    ref = fused_experts(**p, budget=budget_for(fmt.name))
     one = [run_oracle({**p, "hidden_states": p["hidden_states"][t:t + 1], "topk_weights": p["topk_weights"][t:t + 1],
                        "topk_ids": p["topk_ids"][t:t + 1]}) for t in range(12)]
     per_token = torch.cat(one).float()
@@ -165,7 +165,7 @@ PLANTS = {"bias13_dropped": _drop_bias, "gate_up_swapped": _swap_order, "expert_
 def test_oracle_comparison_catches_planted_bugs(fmt_name, plant):
     fmt = FORMATS[fmt_name]
     p = make_problem(fmt, "silu", T=16, k=3, remote=2, bias=True, seed=5, x_dtype=torch.float32)
-    ref = fused_experts(**p, budget=budget_for(fmt.name, ORACLE))
+    ref = fused_experts(**p, budget=budget_for(fmt.name))
     bad, opts = PLANTS[plant](p)
     c = compare(run_oracle(bad, **opts).float(), ref.out, ref.bound)
     assert not c.passed, f"{fmt_name}/{plant} not detected: {c.summary()}"
