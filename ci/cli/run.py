@@ -44,6 +44,12 @@ def _run(args) -> int:
     if args.workers != "0":
         cmd += ["-n", args.workers]
     env.update(_select_env(args))
+    # --- issue 18: --shard/--run-id/--durations (ci/shard.py); may move the report to this shard's folder ---
+    if args.shard or args.run_id or args.durations:
+        from moecheck.ci import shard
+
+        cmd, env, report = shard.configure(args, cmd, env, report)
+    # --- end issue 18 ---
     run_id = None
     if args.store:  # started first: a killed suite leaves an 'interrupted' run, not nothing
         from moecheck.ci.results import bridge
@@ -110,6 +116,10 @@ def register(sub) -> None:
     p.add_argument("--report", default="moecheck-report")
     p.add_argument("--store", default=None, help="append the results to this SQLite store")
     p.add_argument("--plugin", action="append", default=[])
+    p.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based), balanced by recorded durations")
+    p.add_argument("--run-id", default=None, help="run id in the store (default $MOECHECK_RUN_ID, else fresh); shards share one")
+    p.add_argument("--durations", default=None, metavar="FILE",
+                   help="with --shard: durations JSON (moecheck durations); default: exported from --store")
     p.set_defaults(fn=_run)
     p = sub.add_parser("report", help="print the backend x format table of a (possibly interrupted) run")
     p.add_argument("dir")
