@@ -231,8 +231,11 @@ class EndpointRunner:
         try:
             run = self._evaluate(ep)
         except Exception as e:  # noqa: BLE001 - a server that breaks is a result, not the end of the run
-            return self._gate(ep, "error", f"{self.cfg.name}/{ep.server.name} ({ep.url}) failed: {_one_line(e)}; "
-                                           f"server: {ep.server.settings}", wall_s=time.monotonic() - t0)
+            why = str(e).splitlines()[0] if isinstance(e, MoecheckError) else f"{ep.url} failed: {_one_line(e)}"
+            g = self._gate(ep, "error", f"ERROR {self.cfg.name}/{ep.server.name}: {why}; server: {ep.server.settings}",
+                           wall_s=time.monotonic() - t0)
+            self.log(g.message)
+            return g
         path = self._path(ep.server.name)
         self.local.write_rows(path, run.rows, base)
         fmt = ep.server.format
