@@ -66,7 +66,8 @@ def server_configs(raw: dict, where: str) -> dict[str, ServerConfig]:
         extra = sorted(set(body) - known)
         require(not extra, f"{where}: servers.{name}: unknown keys {', '.join(extra)}; known: {', '.join(sorted(known))}")
         args, env = body.get("args", []), body.get("env", {})
-        require(isinstance(args, list) and all(isinstance(a, str) for a in args), f"{where}: servers.{name}.args must be a list of strings")
+        require(isinstance(args, list) and all(isinstance(a, str) for a in args),
+                f"{where}: servers.{name}.args must be a list of strings")
         require(isinstance(env, dict), f"{where}: servers.{name}.env must be a table")
         conc = body.get("concurrency", 1)
         require(isinstance(conc, int) and conc >= 1, f"{where}: servers.{name}.concurrency must be an integer >= 1")

@@ -7,11 +7,12 @@
 
 With --endpoint the gates are served configurations (SERVER: a [servers.NAME] of the config; see
 e2e/endpoint.py), each against the reference server, a saved per-question JSONL, or else the
-config's in-process reference. Without --config every shipped config runs (a model that is not here is a skip with its reason).
---backend/--format replace the config's lists. Per-question JSONL per gate goes to --out; with
---store (default $MOECHECK_STORE, as the nightly sets it) the gates are appended to the results
-store: to the newest run if it started within 12 hours (the nightly's property run, so the
-dashboard shows one night's cases and gates together), else (or with --attach new) to a new run.
+config's in-process reference. Otherwise, without --config every shipped config runs (a model that
+is not here is a skip with its reason), and --backend/--format replace the config's lists.
+Per-question JSONL per gate goes to --out; with --store (default $MOECHECK_STORE, as the nightly
+sets it) the gates are appended to the results store: to the newest run if it started within 12
+hours (the nightly's property run, so the dashboard shows one night's cases and gates together),
+else (or with --attach new) to a new run.
 Exit 0: every gate passed or skipped; 1: a gate failed or broke; 2: bad input.
 """
 from __future__ import annotations

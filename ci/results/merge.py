@@ -222,8 +222,9 @@ def merge(out: str | Path, inputs: list[str | Path]) -> MergeSummary:
                 conn.execute(f"UPDATE runs SET {', '.join(f'{c} = ?' for c in RUN_COLS[1:])} WHERE run_id = ?",
                              [merged[c] for c in RUN_COLS[1:]] + [rid])
         ids = list(by_run)
-        summary.added_cases = _add_missing(conn, "cases", CASE_COLS, ids, [[c for c in s.cases if c[0] in by_run] for s in sources])
-        summary.added_e2e = _add_missing(conn, "e2e", E2E_COLS, ids, [[e for e in s.e2e if e[0] in by_run] for s in sources])
+        mine = [([c for c in s.cases if c[0] in by_run], [e for e in s.e2e if e[0] in by_run]) for s in sources]
+        summary.added_cases = _add_missing(conn, "cases", CASE_COLS, ids, [c for c, _ in mine])
+        summary.added_e2e = _add_missing(conn, "e2e", E2E_COLS, ids, [e for _, e in mine])
 
     with ResultStore(out) as store:
         store.transaction(write)

@@ -139,7 +139,7 @@ def test_urls_and_settings():
 def test_a_baseline_must_be_a_per_question_file(tmp_path):
     spec = TaskSpec("local", Path("x.jsonl"))
     p = tmp_path / "b.jsonl"
-    p.write_text(json.dumps({"doc_id": 1, "correct:strict-match": False}) + "\n" + json.dumps({"doc_id": 0, "correct": True}) + "\n")
+    p.write_text("".join(json.dumps(r) + "\n" for r in ({"doc_id": 1, "correct:strict-match": False}, {"doc_id": 0, "correct": True})))
     run = load_baseline(p, spec, 10)
     assert [(a.doc_id, a.correct) for a in run.answers] == [(0, True), (1, False)] and run.accuracy == 0.5
     p.write_text('{"question": "no id"}\n')
