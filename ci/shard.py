@@ -203,10 +203,12 @@ def configure(args, cmd: list[str], env: dict[str, str], report: Path) -> tuple[
     try:
         run_id = args.run_id or os.environ.get(RUN_ID_ENV) or None
         if run_id is not None:
-            os.environ[RUN_ID_ENV] = env[RUN_ID_ENV] = check_run_id(run_id)  # bridge.start_run reads it
+            check_run_id(run_id)
         if not args.shard:
             if args.durations:
                 raise ShardError("--durations only means something with --shard I/N")
+            if run_id is not None:
+                os.environ[RUN_ID_ENV] = env[RUN_ID_ENV] = run_id  # bridge.start_run reads it
             return cmd, env, report
         i, n = parse_shard(args.shard)
         if run_id is None:
@@ -220,6 +222,7 @@ def configure(args, cmd: list[str], env: dict[str, str], report: Path) -> tuple[
         durations = _durations_file(args, run_id, report)
     except ShardError as e:
         raise MoecheckError(str(e)) from None
+    os.environ[RUN_ID_ENV] = env[RUN_ID_ENV] = run_id  # bridge.start_run reads it
     env.update({SHARD_ENV: f"{i}/{n}", "MOECHECK_REPORT_DIR": str(report),
                 COMMAND_ENV: " ".join(["moecheck", *sys.argv[1:]])})
     if durations:

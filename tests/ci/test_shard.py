@@ -122,3 +122,29 @@ def test_three_shard_processes_merge_into_the_unsharded_runs_results(tmp_path):
     run, merged = _results(tmp_path / "merged.sqlite")
     assert merged == full and run.run_id == "night-1" and run.status == "finished"
     assert run.revision == full_run.revision == "shard-test" and run.command.count("--shard") == 3
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--shard", "0/3", "--run-id", "n1"], "--shard must be I/N with 1 <= I <= N (e.g. 2/3), got '0/3'"),
+    (["--shard", "1/3"], "--shard needs --run-id ID (or MOECHECK_RUN_ID)"),
+    (["--shard", "1/3", "--run-id", "bad id!"], "run id must be 1-64 letters"),
+    (["--durations", "d.json"], "--durations only means something with --shard I/N"),
+    (["--shard", "1/3", "--run-id", "n1", "--durations", "missing.json"], "durations file missing.json"),
+])
+def test_bad_shard_arguments_are_one_line_exit_2_before_anything_runs(tmp_path, monkeypatch, capsys, argv, why):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MOECHECK_RUN_ID", "")  # unset, and restored after: configure sets it on success
+    assert main(["run", "--report", "rep", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and why in err, err
+    assert not list((tmp_path / "rep").glob("shard-*/results.jsonl"))
+
+
+def test_a_store_that_already_holds_the_run_is_refused_with_the_way_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MOECHECK_RUN_ID", "")
+    with ResultStore(tmp_path / "s.sqlite") as s:
+        s.start_run(run_record(), run_id="n1")
+    assert main(["run", "--report", "rep", "--shard", "2/3", "--run-id", "n1", "--store", "s.sqlite"]) == 2
+    err = capsys.readouterr().err
+    assert "run n1 is already in s.sqlite: give each shard a store of its own" in err and "moecheck merge" in err
