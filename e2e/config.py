@@ -11,6 +11,8 @@ Keys (unknown keys are refused, so a typo cannot silently drop a gate):
   baseline_format         optional: compare against the reference in this format instead of the same one
   floor, [floors]         accuracy floor, and per-format overrides
   alpha                   McNemar significance level
+  [servers.NAME]          served configurations for `moecheck e2e --endpoint NAME=URL` (e2e/endpoint.py):
+                          engine, args, env, format, model, client_stop, concurrency, description
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class GateConfig:
     batch_size: int = 16
     max_gen_toks: int | None = None
     description: str = ""
+    servers: dict = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -88,6 +91,9 @@ class GateConfig:
         for what in ("n_questions", "batch_size"):
             v = getattr(self, what)
             require(isinstance(v, int) and v >= 1, f"{where}: {what} must be an integer >= 1, got {v!r}")
+        from moecheck.e2e.endpoint import server_configs
+
+        server_configs(self.servers, where)
 
 
 def config_path(name_or_path: str) -> Path:

@@ -164,10 +164,16 @@ def evaluate(model, tokenizer, spec: TaskSpec, *, limit: int | None, batch_size:
     if why is not None:
         raise MoecheckError(why)
     force_offline()
+    lm = _progress_lm(label, out)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return evaluate_lm(lm, spec, limit=limit, max_gen_toks=max_gen_toks)
+
+
+def evaluate_lm(lm, spec: TaskSpec, *, limit: int | None, max_gen_toks: int | None = None) -> EvalRun:
+    """Zero-shot greedy generation on `spec` with any lm-eval LM (HFLM in-process, or a served endpoint's)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    lm = _progress_lm(label, out)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    force_offline()
     gen = {"max_gen_toks": int(max_gen_toks)} if max_gen_toks else None
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="moecheck-lmeval-") as tmp:

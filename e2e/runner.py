@@ -72,7 +72,7 @@ class ConfigRunner:
         whys = [w for w in (locate_model(self.cfg)[1], lmeval_run.skip_reason(self.spec)) if w]
         return "; ".join(whys) or None
 
-    def _load(self) -> None:
+    def load(self) -> None:
         if self.model is None:
             path, why = locate_model(self.cfg)
             if why is not None:
@@ -102,19 +102,20 @@ class ConfigRunner:
                                       label=f"e2e {self.cfg.name}/{fmt}/{backend}")
             return run, inst.calls
 
-    def _baseline(self, fmt: str) -> lmeval_run.EvalRun:
+    def baseline(self, fmt: str) -> lmeval_run.EvalRun:
         if fmt not in self.baselines:
             run, calls = self._evaluate(fmt, surgery.REFERENCE)
             if calls == 0:
                 raise MoecheckError(f"the reference MoE was never called on {self.cfg.name}: surgery replaced nothing that runs")
             self.baselines[fmt] = run
-            self._write(self._path(fmt, "baseline-reference"), run.rows, None)
+            self.write_rows(self._path(fmt, "baseline-reference"), run.rows, None)
         return self.baselines[fmt]
 
     def _path(self, fmt: str, backend: str) -> Path:
         return self.out_dir / f"{self.cfg.name}__{fmt}__{backend}.jsonl"
 
-    def _write(self, path: Path, rows: list[dict], base: lmeval_run.EvalRun | None) -> None:
+    def write_rows(self, path: Path, rows: list[dict], base: lmeval_run.EvalRun | None) -> None:
+        """Per-question JSONL; with base, each row also carries the reference's answer and `discordant`."""
         path.parent.mkdir(parents=True, exist_ok=True)
         ref = {r["doc_id"]: r for r in base.rows} if base is not None else {}
         key = f"correct:{self.spec.filter}"
@@ -136,8 +137,8 @@ class ConfigRunner:
                 return self._gate(fmt, backend, "skip", f"backend {backend} unavailable: {av.reason}")
             if fmt not in be.capability.formats:
                 return self._gate(fmt, backend, "skip", f"backend {backend} does not support format {fmt}")
-            self._load()
-            base = self._baseline(base_fmt)
+            self.load()
+            base = self.baseline(base_fmt)
             run, calls = self._evaluate(fmt, backend)
         except _Skip as e:  # the record, the sizes or the machine rule this pair out
             return self._gate(fmt, backend, "skip", str(e), wall_s=time.monotonic() - t0)
@@ -145,7 +146,7 @@ class ConfigRunner:
             return self._gate(fmt, backend, "error", f"{self.cfg.name}/{fmt}/{backend} crashed: {_one_line(e)}",
                               wall_s=time.monotonic() - t0)
         path = self._path(fmt, backend)
-        self._write(path, run.rows, base)
+        self.write_rows(path, run.rows, base)
         kw = dict(n=len(run.answers), accuracy=run.accuracy, calls=calls, per_question=path, wall_s=time.monotonic() - t0)
         if calls == 0:
             return self._gate(fmt, backend, "error", f"{self.cfg.name}/{fmt}/{backend}: backend.run was never called; "

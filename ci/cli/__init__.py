@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moecheck.ci.cli import audit, backends, e2e, repro, results, run  # noqa: I001
+from moecheck.ci.cli import audit, backends, durations, e2e, merge, repro, results, run  # noqa: I001
 from moecheck.reference.errors import MoecheckError
 
-COMMANDS = (backends, run, repro, audit, results, e2e)  # e2e and results import heavy packages only when run
+COMMANDS = (backends, run, repro, audit, results, e2e, merge, durations)  # e2e and results import heavy packages only when run
 
 
 def parser() -> argparse.ArgumentParser:

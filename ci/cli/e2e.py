@@ -3,11 +3,16 @@
     moecheck e2e [--config PATH|NAME ...] [--backend B ...] [--format F ...] [--limit N]
                  [--store PATH] [--attach latest|new] [--out DIR] [--plugin MOD ...]
 
-Without --config every shipped config runs (a model that is not here is a skip with its reason).
---backend/--format replace the config's lists. Per-question JSONL per gate goes to --out; with
---store (default $MOECHECK_STORE, as the nightly sets it) the gates are appended to the results
-store: to the newest run if it started within 12 hours (the nightly's property run, so the
-dashboard shows one night's cases and gates together), else (or with --attach new) to a new run.
+    moecheck e2e --config NAME --endpoint [SERVER=]URL ... [--reference-endpoint [SERVER=]URL | --baseline JSONL]
+
+With --endpoint the gates are served configurations (SERVER: a [servers.NAME] of the config; see
+e2e/endpoint.py), each against the reference server, a saved per-question JSONL, or else the
+config's in-process reference. Otherwise, without --config every shipped config runs (a model that
+is not here is a skip with its reason), and --backend/--format replace the config's lists.
+Per-question JSONL per gate goes to --out; with --store (default $MOECHECK_STORE, as the nightly
+sets it) the gates are appended to the results store: to the newest run if it started within 12
+hours (the nightly's property run, so the dashboard shows one night's cases and gates together),
+else (or with --attach new) to a new run.
 Exit 0: every gate passed or skipped; 1: a gate failed or broke; 2: bad input.
 """
 from __future__ import annotations
@@ -82,25 +87,54 @@ def _store(path: str, gates, command: str, attach: str) -> str:
     return f"{rid} (a new run)"
 
 
+def _served_gates(args: argparse.Namespace, out: Path):
+    """--endpoint: one config, its served configurations against one comparison."""
+    from moecheck.e2e.config import load_config
+    from moecheck.e2e.endpoint import EndpointRunner, parse_endpoint, server_configs
+
+    require(len(args.config) == 1, "--endpoint needs exactly one --config (its task, questions, floor and [servers])")
+    require(not (args.backend or args.format or args.plugin), "--backend/--format/--plugin pick in-process gates; "
+                                                              "with --endpoint each server configuration is a gate")
+    require(not (args.reference_endpoint and args.baseline), "give --reference-endpoint or --baseline, not both")
+    cfg = load_config(args.config[0])
+    servers = server_configs(cfg.servers, str(cfg.path))
+    eps = [parse_endpoint(e, servers) for e in args.endpoint]
+    names = [e.server.name for e in eps]
+    require(len(set(names)) == len(names), f"two --endpoint with the same server name {names}: name them SERVER=URL")
+    ref = parse_endpoint(args.reference_endpoint, servers) if args.reference_endpoint else None
+    baseline = Path(args.baseline) if args.baseline else None
+    require(baseline is None or baseline.is_file(), f"no baseline file {baseline}")
+    gates = EndpointRunner(cfg, out, limit=args.limit).run(eps, ref, baseline)
+    against = (f"server {ref.server.name} ({ref.url}): {ref.server.settings}" if ref else
+               f"baseline {baseline}" if baseline else f"the in-process reference ({cfg.baseline_format or 'bf16'})")
+    legend = [f"servers, each against {against}:"] + [f"  {e.server.name:26s} {e.url}  {e.server.settings}" for e in eps]
+    return [cfg], gates, legend
+
+
 def e2e(args: argparse.Namespace) -> int:
     from moecheck.backends import registry
     from moecheck.e2e.config import all_configs, load_config
     from moecheck.e2e.runner import ConfigRunner
 
     require(args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}")
-    registry.load_all(tuple(args.plugin))
-    configs = [load_config(c) for c in (args.config or all_configs())]
-    require(configs, "no gate configs found")
-    _validate_names(args.backend, args.format)
-    for cfg in configs:
-        _validate_names(() if args.backend else cfg.backends, ())
+    require(args.endpoint or not (args.reference_endpoint or args.baseline), "--reference-endpoint/--baseline need --endpoint")
     out = Path(args.out)
     t0 = time.monotonic()
-    gates = []
-    for cfg in configs:
-        runner = ConfigRunner(cfg, out, limit=args.limit)
-        gates += runner.run(tuple(args.format) or None, tuple(args.backend) or None)
-    print(_table(gates))
+    legend = []
+    if args.endpoint:
+        configs, gates, legend = _served_gates(args, out)
+    else:
+        registry.load_all(tuple(args.plugin))
+        configs = [load_config(c) for c in (args.config or all_configs())]
+        require(configs, "no gate configs found")
+        _validate_names(args.backend, args.format)
+        for cfg in configs:
+            _validate_names(() if args.backend else cfg.backends, ())
+        gates = []
+        for cfg in configs:
+            runner = ConfigRunner(cfg, out, limit=args.limit)
+            gates += runner.run(tuple(args.format) or None, tuple(args.backend) or None)
+    print("\n".join([_table(gates), *legend]))
     paths = {cfg.name: cfg.path for cfg in configs}
     for g in gates:
         if g.verdict in ("fail", "error"):
@@ -126,7 +160,13 @@ def _repro(args: argparse.Namespace, config, g) -> str:
     """The one command that reruns exactly this gate."""
     import shlex
 
-    parts = ["moecheck", "e2e", "--config", str(config), "--format", g.format, "--backend", g.backend]
+    if args.endpoint:  # the failing server against the same comparison
+        (ep,) = [e for e in args.endpoint if e.partition("=")[0] == g.backend] or [args.endpoint[0]]
+        parts = ["moecheck", "e2e", "--config", str(config), "--endpoint", ep]
+        parts += ["--reference-endpoint", args.reference_endpoint] if args.reference_endpoint else []
+        parts += ["--baseline", args.baseline] if args.baseline else []
+    else:
+        parts = ["moecheck", "e2e", "--config", str(config), "--format", g.format, "--backend", g.backend]
     for mod in args.plugin:
         parts += ["--plugin", mod]
     if args.limit:
@@ -153,4 +193,10 @@ def register(sub) -> None:
                    help="store: append to the newest run if it started within 12 h (the nightly's), or start a new one")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"directory for per-question JSONL (default {DEFAULT_OUT})")
     p.add_argument("--plugin", action="append", default=[], help="module defining extra backends")
+    p.add_argument("--endpoint", action="append", default=[], metavar="[SERVER=]URL",
+                   help="gate an OpenAI-compatible server (SERVER: a [servers.NAME] of the config); repeatable")
+    p.add_argument("--reference-endpoint", default=None, metavar="[SERVER=]URL",
+                   help="compare the endpoints with this server (default: the config's in-process reference)")
+    p.add_argument("--baseline", default=None, metavar="JSONL",
+                   help="compare the endpoints with this per-question file of an earlier gate (e.g. a reference server's)")
     p.set_defaults(fn=_guarded, func=_guarded)

@@ -26,7 +26,7 @@ def _select_env(args) -> dict[str, str]:
     return {env: ",".join(getattr(args, opt)) for opt, env in SELECT_ENV.items() if getattr(args, opt)}
 
 
-def _pytest_cmd(args, report: Path, store_run: str | None) -> tuple[list[str], dict[str, str]]:
+def _pytest_cmd(args, report: Path) -> tuple[list[str], dict[str, str]]:
     import moecheck.properties as props
 
     env = dict(os.environ, MOECHECK_REPORT_DIR=str(report), PYTHONSAFEPATH="1")  # no cwd on sys.path
@@ -44,12 +44,15 @@ def _pytest_cmd(args, report: Path, store_run: str | None) -> tuple[list[str], d
     cmd = [sys.executable, "-m", "pytest", "-p", "moecheck.properties.pytest_plugin", "-p", "moecheck.ci.progress",
            "-p", "no:cacheprovider", "--import-mode=importlib", "--confcutdir", str(pkg), "--rootdir", str(pkg),
            "-q", "-n", workers, "--max-worker-restart", str(MAX_WORKER_RESTARTS), str(pkg / "test_properties.py")]
-    if store_run:
-        from moecheck.ci import store_plugin
-
-        cmd[3:3] = ["-p", "moecheck.ci.store_plugin"]
-        env[store_plugin.ENV] = store_run
     return cmd, env
+
+
+def _with_store(cmd: list[str], env: dict[str, str], store: str, run_id: str) -> list[str]:
+    """Each result committed to the store as its test ends (ci/store_plugin.py)."""
+    from moecheck.ci import store_plugin
+
+    env[store_plugin.ENV] = f"{store}::{run_id}"
+    return [*cmd[:3], "-p", "moecheck.ci.store_plugin", *cmd[3:]]
 
 
 MAX_WORKER_RESTARTS = 10_000  # every crash is a finding; the run goes on after each
@@ -63,11 +66,18 @@ def _run(args) -> int:
     try:
         run_id = None
         command = " ".join(["moecheck", *sys.argv[1:]])
+        cmd, env = _pytest_cmd(args, report)
+        # --- issue 18: --shard/--run-id/--durations (ci/shard.py); may move the report to this shard's folder ---
+        if args.shard or args.run_id or args.durations:
+            from moecheck.ci import shard
+
+            cmd, env, report = shard.configure(args, cmd, env, report)
+        # --- end issue 18 ---
         if args.store:  # opened first: a killed suite leaves an 'interrupted' run with what completed
             from moecheck.ci.results import bridge
 
             run_id = bridge.start_run(args.store, command, args.profile or os.environ.get("MOECHECK_PROFILE", ""))
-        cmd, env = _pytest_cmd(args, report, f"{args.store}::{run_id}" if run_id else None)
+            cmd = _with_store(cmd, env, args.store, run_id)
         t0 = time.time()
         sel = " ".join(f"{k}={v}" for k, v in _select_env(args).items())
         print(f"running: {sel} report: {report}\n  {' '.join(cmd[2:])}", flush=True)
@@ -137,6 +147,10 @@ def register(sub) -> None:
                    help="seconds one example may take before it is recorded as a hang (default 300; 0: none)")
     p.add_argument("--store", default=None, help="append the results to this SQLite store")
     p.add_argument("--plugin", action="append", default=[])
+    p.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based), balanced by recorded durations")
+    p.add_argument("--run-id", default=None, help="run id in the store (default $MOECHECK_RUN_ID, else fresh); shards share one")
+    p.add_argument("--durations", default=None, metavar="FILE",
+                   help="with --shard: durations JSON (moecheck durations); default: exported from --store")
     p.set_defaults(fn=_run)
     p = sub.add_parser("report", help="print the backend x format table of a (possibly interrupted) run")
     p.add_argument("dir", nargs="?", default="moecheck-report/latest", help="report folder (default: the latest run's)")

@@ -8,8 +8,9 @@ interrupted rather than no trace at all.
 from __future__ import annotations
 
 import json
+import os
 
-from moecheck.ci.results.schema import CaseRecord
+from moecheck.ci.results.schema import RUN_ID_ENV, CaseRecord
 from moecheck.ci.results.store import ResultStore
 
 OUTCOME_VERDICT = {"passed": "pass", "failed": "fail", "skipped": "skip", "error": "error", "refused": "refused",
@@ -36,8 +37,9 @@ def case_record(row: dict) -> CaseRecord:
 
 
 def start_run(store: str, command: str, profile: str = "") -> str:
+    """A new run; its id is $MOECHECK_RUN_ID when set (`moecheck run --run-id`, shared by shards), else fresh."""
     with ResultStore(store) as s:
-        return s.start_run(command=command, profile=profile)
+        return s.start_run(command=command, profile=profile, run_id=os.environ.get(RUN_ID_ENV, ""))
 
 
 def finish_run(store: str, run_id: str, rows: list[dict], interrupted: bool = False) -> int:

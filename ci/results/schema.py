@@ -13,6 +13,7 @@ from moecheck.reference.errors import require
 VERDICTS = ("pass", "fail", "skip", "error", "refused", "crashed")
 FAILING = ("fail", "error", "crashed")  # verdicts that count as a regression in diffs and bisects
 RUN_STATUSES = ("running", "finished", "interrupted")
+RUN_ID_ENV = "MOECHECK_RUN_ID"  # a run id given to `moecheck run` (--run-id): the shards of one night share it
 
 
 @dataclass(frozen=True, kw_only=True)

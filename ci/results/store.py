@@ -233,6 +233,10 @@ class ResultStore:
     def add_e2e(self, run_id: str, results: Iterable[E2ERecord]) -> int:
         return self._add("e2e", E2E_COLUMNS, run_id, results)
 
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """fn(connection) in one IMMEDIATE transaction: all of its writes land or none do (`moecheck merge`)."""
+        return self._write(fn)
+
     def finish_run(self, run_id: str, status: str = "finished") -> None:
         require(status in ("finished", "interrupted"), f"a run finishes as 'finished' or 'interrupted', not {status!r}")
 
