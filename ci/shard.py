@@ -56,10 +56,17 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+_KINDS = {"edge": "test_edge", "pinned": "test_pinned"}  # store property "edge:NAME" -> test_edge[B-F-NAME]
+
+
 def nodeid(backend: str, fmt: str, prop: str) -> str:
     """The template's node id for one store key (properties/test_properties.py's parametrize ids)."""
-    inner = f"{backend}-unavailable" if (fmt, prop) == ("-", "-") else f"{backend}-{fmt}-{prop}"
-    return f"{TEMPLATE}[{inner}]"
+    if (fmt, prop) == ("-", "-"):
+        return f"{TEMPLATE}[{backend}-unavailable]"
+    kind, _, name = prop.partition(":")
+    if name and kind in _KINDS:
+        return f"{TEMPLATE.rsplit('::', 1)[0]}::{_KINDS[kind]}[{backend}-{fmt}-{name}]"
+    return f"{TEMPLATE}[{backend}-{fmt}-{prop}]"
 
 
 def load_durations(path: str | os.PathLike | None) -> dict[str, float]:

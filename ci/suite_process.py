@@ -33,13 +33,8 @@ class ReportDir:
         os.close(self.lock_fd)
 
 
-def claim_report_dir(requested: str | None) -> ReportDir:
-    """A folder for this run alone: the one asked for (locked), else a fresh one under moecheck-report/."""
-    if requested:
-        path = Path(requested)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = DEFAULT_ROOT / f"{stamp}-{os.getpid()}"
+def lock(path: Path) -> int:
+    """An exclusive lock on `path` (a folder) for this process, or a one-line error."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
@@ -52,6 +47,22 @@ def claim_report_dir(requested: str | None) -> ReportDir:
         raise MoecheckError(f"report folder {path} is in use by another moecheck run; give another --report") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def claim_report_dir(requested: str | None, locked: bool = True) -> ReportDir:
+    """A folder for this run alone: the one asked for (locked), else a fresh one under moecheck-report/.
+    Shards share a folder and lock their own subfolder instead (locked=False here)."""
+    if requested:
+        path = Path(requested)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = DEFAULT_ROOT / f"{stamp}-{os.getpid()}"
+    if locked:
+        fd = lock(path)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY)
     if not requested:
         latest = DEFAULT_ROOT / "latest"
         tmp = DEFAULT_ROOT / f".latest-{os.getpid()}"

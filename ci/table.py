@@ -74,8 +74,8 @@ def _worst(rows: list[dict]) -> str:
 
     mx, rms = stat("max_norm_err", max), stat("rms_norm_err", max)
     bias = stat("bias", lambda v: max(v, key=abs))
-    f = lambda v, w, spec: f"{'-':>{w}s}" if v is None else f"{v:{w}{spec}}"  # noqa: E731
-    return f"{f(mx, 6, '.3g')} {f(rms, 6, '.3g')} {f(bias, 7, '+.2g')}"
+    f = lambda v, w, spec: f"{'-':>{w}s}" if v is None else f"{v:{spec}}"  # noqa: E731
+    return f"{f(mx, 6, '6.3g')} {f(rms, 6, '6.3g')} {f(bias, 7, '+7.2g')}"
 
 
 def findings(rows: list[dict]) -> str:

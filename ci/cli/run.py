@@ -61,8 +61,9 @@ MAX_WORKER_RESTARTS = 10_000  # every crash is a finding; the run goes on after 
 def _run(args) -> int:
     from moecheck.ci import suite_process
 
-    claimed = suite_process.claim_report_dir(args.report)
+    claimed = suite_process.claim_report_dir(args.report, locked=not args.shard)
     report = claimed.path
+    shard_lock = None
     try:
         run_id = None
         command = " ".join(["moecheck", *sys.argv[1:]])
@@ -72,6 +73,8 @@ def _run(args) -> int:
             from moecheck.ci import shard
 
             cmd, env, report = shard.configure(args, cmd, env, report)
+            if args.shard:  # shards share --report: each locks its own shard-I-of-N folder
+                shard_lock = suite_process.lock(report)
         # --- end issue 18 ---
         if args.store:  # opened first: a killed suite leaves an 'interrupted' run with what completed
             from moecheck.ci.results import bridge
@@ -100,6 +103,8 @@ def _run(args) -> int:
         return 1 if done.returncode or any(r["outcome"] in table.BAD for r in rows) else 0
     finally:
         claimed.release()
+        if shard_lock is not None:
+            os.close(shard_lock)
 
 
 def _print(rows: list[dict], report: Path, meta: dict) -> None:
