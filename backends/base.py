@@ -44,6 +44,7 @@ class Capability:
     max_top_k: int | None = None
     rounding: Rounding = Rounding()  # where the kernel rounds: the reference mirrors it
     numerics: tuple[Loosening, ...] = ()  # how its arithmetic differs from the baseline budget, each with why
+    act_quant: str | None = None  # a format whose activation quantization the kernel applies instead of the case's
     requires: tuple[str, ...] = ()  # importable modules needed
     limitations: tuple[Limitation, ...] = ()
     verified: tuple[str, ...] = ()  # "where/what it was verified with", e.g. "H100 sm_90, torch 2.11"
@@ -52,6 +53,17 @@ class Capability:
     kind: str = "moe"  # "moe": run() computes the layer; "router": route() computes top-k ids and weights
     routers: frozenset[str] = frozenset()  # router kinds (reference/routing.py) it computes itself from logits
     routed_scaling: bool = True  # its router applies routed_scaling_factor (else only 1.0 is drawn)
+
+    def reference_format(self, fmt):
+        """The format the reference mirrors: the case's, with the kernel's own activation quantization
+        where the record declares one (a kernel fed block weights but quantizing activations per tensor)."""
+        if self.act_quant is None:
+            return fmt
+        from dataclasses import replace
+
+        from moecheck.reference.formats import get_format
+
+        return replace(fmt, act=get_format(self.act_quant).act)
 
     def budget(self, fmt: str) -> ErrorBudget:
         """What a correct kernel of this record may differ by, for format `fmt` (reference/errmodel/table.py)."""

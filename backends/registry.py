@@ -79,6 +79,16 @@ def load_all(extra: tuple[str, ...] = ()) -> dict[str, Backend]:
     return dict(_REGISTRY)
 
 
+def suite(extra: tuple[str, ...] = ()) -> dict[str, Backend]:
+    """The backends the property template runs: the built-ins and the plugins asked for (entry points,
+    MOECHECK_PLUGINS, --plugin), not whatever else a process happened to import and register (a test's
+    helper module with planted bugs)."""
+    mods = (*BUILTIN_MODULES, *plugin_modules(extra))
+    return {n: b for n, b in load_all(extra).items()
+            if any(_ORIGIN.get(n, "") == m or _ORIGIN.get(n, "").startswith(m + ".") for m in mods)
+            or n.startswith("plugin:")}
+
+
 def get(name: str) -> Backend:
     load_all()
     require(name in _REGISTRY, f"unknown backend {name!r}; known: {', '.join(sorted(_REGISTRY))}")

@@ -6,5 +6,7 @@ _mc_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _mc_ns=${TMPDIR:-/tmp}/moecheck-ns-$$
 mkdir -p "$_mc_ns/moecheck"
 for _p in reference backends properties e2e ci tests; do ln -sfn "$_mc_root/$_p" "$_mc_ns/moecheck/$_p"; done
-export PYTHONPATH=$_mc_ns${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
+mkdir -p "$_mc_ns/bin"  # the `moecheck` command, so printed repro commands run as printed
+printf '#!/bin/sh\nexec python3 -m moecheck.ci.cli "$@"\n' > "$_mc_ns/bin/moecheck"; chmod +x "$_mc_ns/bin/moecheck"
+export PATH=$_mc_ns/bin:$PATH PYTHONPATH=$_mc_ns${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
 unset _p _mc_ns _mc_root

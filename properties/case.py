@@ -150,8 +150,8 @@ def _routing(g, c: Case, n_local_ok: torch.Tensor):
     if c.router:
         if c.router_logits == "ties":  # exact ties at the cut, on purpose: any of the tied experts is right
             logits = torch.round(logits * 2.0) / 2.0
-        elif c.router_logits == "negative":  # every score below its midpoint, biased scores below 0
-            logits = -logits.abs().clamp_max(6.0) - 0.5
+        elif c.router_logits == "negative":  # sigmoids of 2e-5..0.05: with a bias of +-0.01, biased scores below 0
+            logits = -(2.0 * logits.abs()).clamp_max(8.0) - 3.0
         bias = torch.randn(c.experts, generator=g) * 0.01 if c.router == "deepseek_v3" else None
         w, ids = route(logits, c.router_spec(), bias)
         return w, ids, logits, bias

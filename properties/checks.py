@@ -54,7 +54,8 @@ def _ran(b: Backend, run, need_spies: bool = True) -> str | None:
 
 
 def _reference(b: Backend, p: MoEProblem):
-    return p.reference(b.capability.rounding, b.capability.budget(p.fmt.name))
+    cap = b.capability
+    return p.with_(fmt=cap.reference_format(p.fmt)).reference(cap.rounding, cap.budget(p.fmt.name))
 
 
 def _compare(b: Backend, p: MoEProblem, out: torch.Tensor, ref, rows=None, bound=None) -> Comparison:

@@ -50,7 +50,7 @@ def _selected(kind: str, name: str) -> bool:
 
 def _params(kind: str):
     out = []
-    for name, b in sorted(registry.load_all().items()):
+    for name, b in sorted(registry.suite().items()):
         fmts = sorted(b.capability.formats) or ["-"]
         if not _selected("BACKENDS", name):
             continue

@@ -226,7 +226,11 @@ BACKENDS = [
                         "docs/rounding.md section 6"),)), spies=SPIES),
     VllmTritonFused(name="vllm_triton_fp8_block",
                     description="fused_experts, DeepSeek FP8 128x128 weight blocks x 1x128 activation groups",
-                    capability=_cap({"fp8_block"}, FP8_ARCHS, limitations=(Limitation(
+                    capability=_cap({"fp8_block"}, FP8_ARCHS, hidden_align=128, inter_align=128, limitations=(Limitation(
+                        "hidden and intermediate multiples of 128: per_token_group_quant_fp8 asserts "
+                        "x.shape[-1] % group_size == 0 ('the last dimension of `x` ... must be divisible by group_size')",
+                        "https://github.com/vllm-project/vllm/blob/v0.24.0/vllm/model_executor/layers/quantization/utils/fp8_utils.py#L595"),
+                        Limitation(
                         "activation groups via per_token_group_quant_fp8: scale max(amax, 1e-10)/448; UE8M0 "
                         "(fp8_block_ue8m0) not mapped: its Triton ue8m0 rounding is exp2(ceil(log2)) (docs/rounding.md section 6)"),)),
                     spies=SPIES),

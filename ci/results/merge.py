@@ -18,7 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moecheck.ci.results.schema import CASE_COLUMNS, E2E_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION, RunRecord
+from moecheck.ci.results.schema import (
+    CASE_COLUMNS,
+    E2E_COLUMNS,
+    RUN_COLUMNS,
+    SCHEMA_VERSION,
+    RunRecord,
+)
 from moecheck.ci.results.store import ResultStore, _pid_alive
 from moecheck.reference.errors import MoecheckError, require
 

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# One GPU session's checks, in phases that fit one 10-minute device command each. From the repo root on
+# the GPU machine (vLLM staged first: ../shared/device/README.md, stage.sh vllm90 + vdeps):
+#
+#   source .device/setup.sh; OUT=/tmp/out EX=20 bash ci/gpu_session.sh PHASE...
+#
+# Phases:
+#   env      nvidia-smi, versions, `moecheck backends -v` (what is available, and why not)
+#   one      one property of torch_grouped_mm: the layout's GPU scripts run from a checkout
+#   torch    torch_grouped_mm + torch_scaled_grouped_mm, every property (gpu profile)
+#   triton   vllm_triton_{bf16,fp8_*,int8_w8a8}: the numerics, the edges on lines of their own
+#   wna16 modular cutlass marlin ogs lora routers   the other vLLM families
+#   findings the case files under docs/findings replayed on this GPU
+#   power    ci/power.py on CUDA (the planted bugs' kill rates at the gpu profile's shapes)
+#   replay   every failing or crashed row's printed repro command, run as printed (first $REPLAYS)
+#   pack     results.tgz + summary.txt into $OUT (the device returns at most 8 files, 2 folders down)
+# EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); WORKERS: xdist workers (default 4); each suite
+# phase's timeout is ${PHASE}_S (default 500 s).
+set -uo pipefail
+OUT=${OUT:-moecheck-report/gpu-session}; mkdir -p "$OUT"
+W=${W:-/tmp/mcgpu}; mkdir -p "$W"
+source "$(dirname "$0")/gpu_env.sh"
+export VLLM_LOGGING_LEVEL=${VLLM_LOGGING_LEVEL:-WARNING} FLASHINFER_DISABLE_VERSION_CHECK=1
+MC="python3 -m moecheck.ci.cli"
+EX=${EX:-20}
+WORKERS=${WORKERS:-4}
+
+suite() {  # suite NAME [moecheck run selection args...]
+  local name=$1; shift
+  local t_var="${name^^}_S"; local t=${!t_var:-500}
+  MOECHECK_PROFILE=gpu MOECHECK_MAX_EXAMPLES=$EX timeout "$t" $MC run -n "$WORKERS" --timeout 240 \
+    --report "$W/$name" "$@" > "$W/$name.log" 2>&1
+  echo "$name rc=$? ($(grep -c '"outcome"' "$W/$name/results.jsonl" 2>/dev/null || echo 0) results, $(date -u +%H:%M:%S))"
+}
+
+for phase in "$@"; do
+  echo "== phase $phase ($(date -u +%H:%M:%S))"
+  case $phase in
+    env)
+      nvidia-smi -L
+      timeout 120 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+      timeout 120 python3 -c "import vllm; print('vllm', vllm.__version__)" 2>&1 | tail -n 1
+      timeout 180 $MC backends -v > "$W/backends.txt" 2>&1; echo "backends rc=$?"
+      grep -E '^(torch|vllm|cpu)' "$W/backends.txt" | cut -c1-120 ;;
+    one) suite one --backend torch_grouped_mm --format bf16 --property matches_reference ;;
+    torch) suite torch --backend torch_grouped_mm --backend torch_scaled_grouped_mm ;;
+    triton) suite triton --backend vllm_triton_bf16 --backend 'vllm_triton_fp8_*' --backend vllm_triton_int8_w8a8 ;;
+    wna16) suite wna16 --backend 'vllm_triton_int*_w*a16' ;;
+    modular) suite modular --backend 'vllm_modular_*' ;;
+    cutlass) suite cutlass --backend 'vllm_cutlass_*' ;;
+    marlin) suite marlin --backend 'vllm_marlin_*' ;;
+    ogs) suite ogs --backend 'vllm_ogs_*' ;;
+    lora) suite lora --backend 'vllm_lora_*' ;;
+    routers) suite routers --backend vllm_fused_topk --backend vllm_grouped_topk ;;
+    findings)
+      timeout ${FINDINGS_S:-200} python3 -m pytest -p no:cacheprovider -p no:xdist -q -rA tests/backends/test_findings.py \
+        > "$W/findings.log" 2>&1; echo "findings rc=$?"; grep -cE '^PASSED' "$W/findings.log" ;;
+    power)
+      timeout ${POWER_S:-300} python3 -m moecheck.ci.power --device cuda --examples ${POWER_EX:-40} --out "$W/power.json" \
+        > "$W/power.txt" 2>&1; echo "power rc=$?" ;;
+    replay)
+      : > "$W/replays.txt"
+      python3 - "$W" "${REPLAYS:-12}" <<'EOF' > "$W/replay_cmds.txt"
+import json, pathlib, sys
+w, n = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+seen = 0
+for f in sorted(w.glob("*/results.jsonl")):
+    for line in f.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r.get("outcome") in ("failed", "crashed") and r.get("repro", "").startswith("moecheck repro") and seen < n:
+            seen += 1
+            print(f"{r['backend']}\t{r['property']}\t{r['repro']}")
+EOF
+      while IFS=$'\t' read -r b p cmd; do
+        timeout 300 bash -c "$cmd" > /dev/null 2>&1; echo -e "$b\t$p\texit $?" >> "$W/replays.txt"  # as printed
+      done < "$W/replay_cmds.txt"
+      cat "$W/replays.txt" ;;
+    pack)
+      {
+        for d in one torch triton wna16 modular cutlass marlin ogs lora routers; do
+          [ -f "$W/$d/results.jsonl" ] || continue
+          echo "== $d"; timeout 60 $MC report "$W/$d" 2>&1 | cut -c1-400
+        done
+        [ -f "$W/power.txt" ] && { echo "== power (cuda)"; cat "$W/power.txt"; }
+        [ -f "$W/replays.txt" ] && { echo "== replays"; cat "$W/replays.txt"; }
+        [ -f "$W/findings.log" ] && { echo "== findings"; tail -n 30 "$W/findings.log"; }
+      } > "$OUT/summary.txt" 2>&1
+      tar czf "$OUT/results.tgz" -C "$W" . 2>/dev/null
+      cp "$W/backends.txt" "$OUT/" 2>/dev/null
+      ls -la "$OUT" ;;
+    *) echo "unknown phase $phase" ;;
+  esac
+done
