@@ -44,6 +44,7 @@ class Capability:
     max_top_k: int | None = None
     rounding: Rounding = Rounding()  # where the kernel rounds: the reference mirrors it
     numerics: tuple[Loosening, ...] = ()  # how its arithmetic differs from the baseline budget, each with why
+    tiny_values: bool = True  # handles activations near the scale underflow (False: a documented scale floor)
     act_quant: str | None = None  # a format whose activation quantization the kernel applies instead of the case's
     requires: tuple[str, ...] = ()  # importable modules needed
     limitations: tuple[Limitation, ...] = ()

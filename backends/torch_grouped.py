@@ -13,7 +13,7 @@ from moecheck.backends.base import Backend, Capability, Limitation
 from moecheck.backends.dispatch import combine, dispatch, scaled_input
 from moecheck.backends.problem import MoEProblem
 from moecheck.reference import activations as act_mod
-from moecheck.reference.errmodel.table import FP8_WGMMA
+from moecheck.reference.errmodel.table import FP8_WGMMA, TENSOR_CORE_MMA
 from moecheck.reference.moe import ACT, Rounding
 
 # the bias is added in torch after the grouped GEMM has stored its result in the activation dtype
@@ -87,7 +87,7 @@ BACKENDS = [
             devices=frozenset({"cuda", "cpu"}), activations=_ACTS, expert_map=True, bias=True,
             weights_on_input=True, out_buffer=True,
             hidden_align=8, inter_align=8,  # mat strides must be 16-byte multiples (2-byte elements)
-            rounding=_BF16_ROUNDING, limitations=(_CUDA_GMM,),
+            rounding=_BF16_ROUNDING, limitations=(_CUDA_GMM,), numerics=(TENSOR_CORE_MMA,),
             verified=("CPU torch 2.13.0", "H100 sm_90, torch 2.11 (2026-11-23): bf16, fp16")),
         spies=("torch:_grouped_mm",)),
     ScaledGroupedMM(

@@ -14,7 +14,8 @@
 #   power    ci/power.py on CUDA (the planted bugs' kill rates at the gpu profile's shapes)
 #   replay   every failing or crashed row's printed repro command, run as printed (first $REPLAYS)
 #   pack     results.tgz + summary.txt into $OUT (the device returns at most 8 files, 2 folders down)
-# EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); WORKERS: xdist workers (default 4); each suite
+# EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); PROPS: comma list of properties (default all);
+# MOECHECK_NO_SHRINK=1 reports failing examples unshrunk (shrinking costs GPU minutes); WORKERS: xdist workers (default 4); each suite
 # phase's timeout is ${PHASE}_S (default 500 s).
 set -uo pipefail
 OUT=${OUT:-moecheck-report/gpu-session}; mkdir -p "$OUT"
@@ -28,8 +29,9 @@ WORKERS=${WORKERS:-4}
 suite() {  # suite NAME [moecheck run selection args...]
   local name=$1; shift
   local t_var="${name^^}_S"; local t=${!t_var:-500}
+  local props=(); for p in ${PROPS//,/ }; do props+=(--property "$p"); done  # PROPS=a,b narrows the properties
   MOECHECK_PROFILE=gpu MOECHECK_MAX_EXAMPLES=$EX timeout "$t" $MC run -n "$WORKERS" --timeout 240 \
-    --report "$W/$name" "$@" > "$W/$name.log" 2>&1
+    --report "$W/$name" "$@" "${props[@]}" > "$W/$name.log" 2>&1
   echo "$name rc=$? ($(grep -c '"outcome"' "$W/$name/results.jsonl" 2>/dev/null || echo 0) results, $(date -u +%H:%M:%S))"
 }
 

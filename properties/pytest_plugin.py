@@ -30,9 +30,15 @@ def default_profile() -> str:
 
 
 settings.load_profile(default_profile())
+_cap = {}
 if os.environ.get("MOECHECK_MAX_EXAMPLES"):  # a run-time cap, e.g. for slow-compiling backends
-    settings.register_profile("_capped", parent=settings.get_profile(default_profile()),
-                              max_examples=int(os.environ["MOECHECK_MAX_EXAMPLES"]))
+    _cap["max_examples"] = int(os.environ["MOECHECK_MAX_EXAMPLES"])
+if os.environ.get("MOECHECK_NO_SHRINK") == "1":  # GPU minutes: report the failing example as drawn
+    from hypothesis import Phase
+
+    _cap["phases"] = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+if _cap:
+    settings.register_profile("_capped", parent=settings.get_profile(default_profile()), **_cap)
     settings.load_profile("_capped")
 
 

@@ -27,7 +27,7 @@ from moecheck.backends.base import Capability, Limitation
 from moecheck.backends.problem import MoEProblem
 from moecheck.backends.vllm import layouts as L
 from moecheck.backends.vllm import modular as M
-from moecheck.backends.vllm.triton_fused import CONFIG, TRITON_ROUNDING, VLLM_FP8_MMA
+from moecheck.backends.vllm.triton_fused import CONFIG, TRITON_ROUNDING, VLLM_NUMERICS
 from moecheck.backends.vllm.versions import VllmBackend, vmod
 from moecheck.reference.errmodel.budget import ErrorBudget
 from moecheck.reference.errmodel.table import Loosening
@@ -111,10 +111,10 @@ BLOCK_TO_TENSOR = Loosening(
     formats="fp8_block")
 
 
-def _cap(formats, archs, numerics=(VLLM_FP8_MMA,), **kw) -> Capability:
+def _cap(formats, archs, numerics=VLLM_NUMERICS, **kw) -> Capability:
     return Capability(formats=frozenset(formats), dtypes=_DT, archs=archs, activations=GATED, hidden_align=16,
                       inter_align=16, min_tokens=M.MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",),
-                      numerics=numerics, **kw)
+                      numerics=numerics, tiny_values=False, **kw)
 
 
 BACKENDS = [
@@ -127,7 +127,7 @@ BACKENDS = [
                     "dynamic per-tensor activations",
         # the per-tensor kernel quantizes activations per tensor (dynamic), not per 1x128 group: mirrored
         capability=_cap({"fp8_block"}, _ARCHS_FP8, act_quant="fp8_tensor",
-                        numerics=(VLLM_FP8_MMA, BLOCK_TO_TENSOR), limitations=(LIM_ALIGN, LIM_NO_EP, Limitation(
+                        numerics=(*VLLM_NUMERICS, BLOCK_TO_TENSOR), limitations=(LIM_ALIGN, LIM_NO_EP, Limitation(
             "the conversion re-rounds every block whose scale is below the expert's maximum (charged as "
             "BLOCK_TO_TENSOR) and the kernel quantizes activations per tensor, not per 1x128 group (the "
             "reference mirrors that: act_quant). Measured on CPU: the conversion alone is 1.15 to 1.8x the "

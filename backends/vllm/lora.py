@@ -29,7 +29,11 @@ from moecheck.backends.base import Capability, Limitation
 from moecheck.backends.problem import MoEProblem
 from moecheck.backends.vllm import layouts as L
 from moecheck.backends.vllm import modular as M
-from moecheck.backends.vllm.triton_fused import CONFIG, build_quant_config
+from moecheck.backends.vllm.triton_fused import (
+    CONFIG,
+    VLLM_NUMERICS,
+    build_quant_config,
+)
 from moecheck.backends.vllm.versions import VllmBackend, vmod
 from moecheck.reference.errmodel.table import BF16_LORA_SHRINK
 from moecheck.reference.errors import require
@@ -109,7 +113,7 @@ BACKENDS = [
         capability=Capability(
             formats=frozenset({"bf16", "fp16"}), dtypes=frozenset({torch.bfloat16, torch.float16}),
             activations=frozenset({"silu", "gelu", "gelu_tanh"}), lora=True, min_tokens=M.MIN_TOKENS, rounding=LORA_ROUNDING,
-            numerics=(BF16_LORA_SHRINK,),
+            numerics=(*VLLM_NUMERICS, BF16_LORA_SHRINK),
             requires=("vllm",), deterministic=False, limitations=(M.LIM_WS, Limitation(
                 "w13 LoRA delta is added to the already-rounded bf16 GEMM1 output (one more rounding than the "
                 "reference's gemm1_out)"), Limitation(

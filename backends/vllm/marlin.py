@@ -31,6 +31,7 @@ from moecheck.backends.vllm import layouts as L
 from moecheck.backends.vllm.triton_fused import (
     TRITON_ROUNDING,
     VLLM_ACTIVATION,
+    VLLM_NUMERICS,
     moe_activation,
     routing_args,
 )
@@ -150,7 +151,7 @@ MARLIN_SCALES = (
 
 def _cap(formats, **kw) -> Capability:
     base = dict(dtypes=_DT, archs=_ARCHS, activations=frozenset(VLLM_ACTIVATION), expert_map=True, out_buffer=True,
-                hidden_align=128, inter_align=128, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=MARLIN_SCALES)
+                hidden_align=128, inter_align=128, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=(*VLLM_NUMERICS, *MARLIN_SCALES))
     return Capability(formats=frozenset(formats), **{**base, **kw})
 
 

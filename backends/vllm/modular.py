@@ -29,7 +29,7 @@ from moecheck.backends.vllm.triton_fused import (
     FP8_ARCHS,
     TRITON_ROUNDING,
     VLLM_ACTIVATION,
-    VLLM_FP8_MMA,
+    VLLM_NUMERICS,
     build_quant_config,
     moe_activation,
     routing_args,
@@ -186,7 +186,7 @@ BACKENDS = [
         capability=Capability(
             formats=frozenset({"bf16", "fp16", "fp8_tensor", "fp8_token_channel", "fp8_block", "int8_w8a8"}),
             dtypes=_DT, archs=FP8_ARCHS, activations=frozenset(VLLM_ACTIVATION), expert_map=True, bias=True,
-            min_tokens=MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=(VLLM_FP8_MMA,),
+            min_tokens=MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=VLLM_NUMERICS, tiny_values=False,
             limitations=(LIM_WS, Limitation(
                 "archs are the fp8 formats' (Triton fp8 dot, sm_89+); bf16/int8 would also run on sm_80"))),
         spies=(*composition_spies(TRITON_EXPERTS, "invoke_fused_moe_triton_kernel"), "vllm._custom_ops:moe_sum")),
@@ -209,7 +209,7 @@ BACKENDS.append(VllmModularTrtllmFp8(
     capability=Capability(
         formats=frozenset({"fp8_block"}), dtypes=frozenset({torch.bfloat16}), archs=frozenset({(10, 0), (10, 3)}),
         activations=frozenset({"silu", "relu2"}), hidden_align=128, inter_align=128, min_tokens=MIN_TOKENS,
-        rounding=TRITON_ROUNDING, numerics=(VLLM_FP8_MMA,),
+        rounding=TRITON_ROUNDING, numerics=VLLM_NUMERICS,
         requires=("vllm", "flashinfer"), limitations=(Limitation(
             "TrtLlmFp8ExpertsBase._supports_current_device: Blackwell family (sm_100/sm_103) with FlashInfer's "
             "TRT-LLM fused MoE; not runnable on sm_90 (H100)"), Limitation(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from moecheck.backends.base import Capability, Limitation
 from moecheck.backends.vllm.versions import VllmBackend, vmod
+from moecheck.reference.errmodel.table import FAST_ACT_FN
 
 ROUTER = "vllm.model_executor.layers.fused_moe.router"
 FUSED_TOPK = f"{ROUTER}.fused_topk_router"
@@ -46,13 +47,13 @@ _SRC = "https://github.com/vllm-project/vllm/tree/v0.24.0/vllm/model_executor/la
 BACKENDS = [
     FusedTopk(
         name="vllm_fused_topk", description="vLLM fused_topk: softmax or sigmoid top-k (_moe_C topk_softmax/sigmoid)",
-        capability=Capability(formats=frozenset({"bf16"}), kind="router", routers=frozenset(_SCORING),
+        capability=Capability(formats=frozenset({"bf16"}), kind="router", numerics=(FAST_ACT_FN,), routers=frozenset(_SCORING),
                               routed_scaling=False, requires=("vllm",),
                               limitations=(Limitation("no routed scaling factor: vLLM's models apply it after", _SRC),)),
         spies=(f"{FUSED_TOPK}:fused_topk",)),
     GroupedTopk(
         name="vllm_grouped_topk", description="vLLM fused_grouped_topk: DeepSeek-V3 grouped, bias-corrected top-k",
-        capability=Capability(formats=frozenset({"bf16"}), kind="router", routers=frozenset({"deepseek_v3"}),
+        capability=Capability(formats=frozenset({"bf16"}), kind="router", numerics=(FAST_ACT_FN,), routers=frozenset({"deepseek_v3"}),
                               max_top_k=32, requires=("vllm",),
                               limitations=(Limitation("the fused op takes num_expert_group <= 32, topk <= 32", _SRC),)),
         spies=(f"{GROUPED}:fused_grouped_topk",)),

@@ -31,7 +31,12 @@ import torch
 from moecheck.backends.base import Capability, Limitation
 from moecheck.backends.problem import MoEProblem
 from moecheck.backends.vllm import modular as M
-from moecheck.backends.vllm.triton_fused import CONFIG, moe_activation, routing_args
+from moecheck.backends.vllm.triton_fused import (
+    CONFIG,
+    VLLM_NUMERICS,
+    moe_activation,
+    routing_args,
+)
 from moecheck.backends.vllm.versions import VllmBackend, vmod
 from moecheck.reference.errors import require
 from moecheck.reference.moe import ACT, Rounding
@@ -110,7 +115,7 @@ BACKENDS = [
         name="vllm_ogs_mxfp4", description="triton_kernels matmul_ogs (gpt-oss MXFP4): fused swiglu and top-k sum",
         capability=Capability(
             formats=frozenset({"mxfp4_bf16"}), dtypes=frozenset({BF16}), archs=_ARCHS, activations=frozenset({"swigluoai"}),
-            bias=True, out_buffer=True, hidden_align=32, inter_align=64, rounding=FUSED_ROUNDING, requires=("vllm",),
+            bias=True, out_buffer=True, hidden_align=32, inter_align=64, rounding=FUSED_ROUNDING, requires=("vllm",), numerics=VLLM_NUMERICS,
             deterministic=False, limitations=(LIM_HOPPER, LIM_BF16, Limitation(
                 "expert_map not claimed: this entry point takes local ids (triton_kernel_moe_forward remaps first)"))),
         spies=(f"{OGS}:triton_kernel_fused_experts", f"{OGS}:matmul_ogs")),
@@ -120,7 +125,7 @@ BACKENDS = [
         capability=Capability(
             formats=frozenset({"mxfp4_bf16"}), dtypes=frozenset({BF16}), archs=_ARCHS,
             activations=frozenset({"swigluoai", "silu", "gelu"}), expert_map=True, bias=True, hidden_align=32,
-            inter_align=64, min_tokens=M.MIN_TOKENS, rounding=UNFUSED_ROUNDING, requires=("vllm",), deterministic=False,
+            inter_align=64, min_tokens=M.MIN_TOKENS, rounding=UNFUSED_ROUNDING, requires=("vllm",), numerics=VLLM_NUMERICS, deterministic=False,
             limitations=(LIM_HOPPER, LIM_BF16, M.LIM_WS)),
         spies=(*M.composition_spies(OGS, "matmul_ogs"), "vllm._custom_ops:moe_sum")),
 ]
