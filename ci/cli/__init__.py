@@ -1,20 +1,33 @@
 """The `moecheck` command line: one module per command, each with `register(subparsers)`.
 
-Bad input gives one line on stderr and exit 2, never a traceback.
+Bad input gives one line on stderr and exit 2, never a traceback; exit codes are ci/cli/exitcodes.py.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
-from moecheck.ci.cli import audit, backends, durations, e2e, merge, repro, results, run  # noqa: I001
+from moecheck.ci.cli import (  # noqa: I001
+    audit,
+    backends,
+    durations,
+    e2e,
+    exitcodes,
+    merge,
+    repro,
+    results,
+    run,
+)
 from moecheck.reference.errors import MoecheckError
 
 COMMANDS = (backends, run, repro, audit, results, e2e, merge, durations)  # e2e and results import heavy packages only when run
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="moecheck", description="correctness suite for MoE GPU kernels")
+    ap = argparse.ArgumentParser(prog="moecheck", description="correctness suite for MoE GPU kernels",
+                                 epilog=exitcodes.epilog())
     sub = ap.add_subparsers(dest="cmd", required=True)
     for mod in COMMANDS:
         mod.register(sub)
@@ -27,4 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except MoecheckError as e:
         print(f"moecheck {args.cmd}: {e}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE.value
+    except KeyboardInterrupt:
+        print(f"moecheck {args.cmd}: interrupted", file=sys.stderr)
+        return exitcodes.INTERRUPTED.value
+    except Exception as e:  # a bug of ours: never exit 1, which means "kernel failed"
+        if os.environ.get("MOECHECK_TRACEBACK"):
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"moecheck {args.cmd}: internal error: {type(e).__name__}: {first} "
+              "(rerun with MOECHECK_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return exitcodes.INTERNAL.value
