@@ -13,6 +13,9 @@
 #   findings the case files under docs/findings replayed on this GPU
 #   power    ci/power.py on CUDA (the planted bugs' kill rates at the gpu profile's shapes)
 #   replay   every failing or crashed row's printed repro command, run as printed (first $REPLAYS)
+#   grid     ci/shape_grid.py over small H x I for the backends whose limits are in question (ogs, marlin,
+#            fp8_block): the sizes the library takes, for the records' alignment
+#   a+b+c    those phases at the same time (one GPU, several suites: each suite's WORKERS apply)
 #   pack     results.tgz + summary.txt into $OUT (the device returns at most 8 files, 2 folders down)
 # EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); PROPS: comma list of properties (default all);
 # MOECHECK_NO_SHRINK=1 reports failing examples unshrunk (shrinking costs GPU minutes); WORKERS: xdist workers (default 4); each suite
@@ -35,7 +38,14 @@ suite() {  # suite NAME [moecheck run selection args...]
   echo "$name rc=$? ($(grep -c '"outcome"' "$W/$name/results.jsonl" 2>/dev/null || echo 0) results, $(date -u +%H:%M:%S))"
 }
 
-for phase in "$@"; do
+grid() {  # grid BACKEND FORMAT HIDDEN INTER [extra args]
+  local b=$1 f=$2 h=$3 i=$4; shift 4
+  timeout ${GRID_S:-120} python3 -m moecheck.ci.shape_grid --backend "$b" --format "$f" --hidden "$h" --inter "$i" "$@" \
+    >> "$W/grid.txt" 2>&1; echo "grid $b $f rc=$?"
+}
+
+one_phase() {
+  local phase=$1
   echo "== phase $phase ($(date -u +%H:%M:%S))"
   case $phase in
     env)
@@ -54,6 +64,12 @@ for phase in "$@"; do
     ogs) suite ogs --backend 'vllm_ogs_*' ;;
     lora) suite lora --backend 'vllm_lora_*' ;;
     routers) suite routers --backend vllm_fused_topk --backend vllm_grouped_topk ;;
+    grid)
+      grid vllm_ogs_mxfp4 mxfp4_bf16 64,128,256,512 64,128,256,512 --tokens 1,33 --activation swigluoai &
+      grid vllm_marlin_int4_gptq int4_w_g128 128,256,512 64,128,256 --tokens 1,33 &
+      grid vllm_marlin_mxfp4 mxfp4_bf16 128,256,512 64,128,256 --tokens 1,33 &
+      grid vllm_triton_fp8_block fp8_block 64,96,128,256 128,256 --tokens 1,33 &
+      wait; sort -u "$W/grid.txt" | grep -v '^$' | cut -c1-220 ;;
     findings)
       timeout ${FINDINGS_S:-200} python3 -m pytest -p no:cacheprovider -p no:xdist -q -rA tests/backends/test_findings.py \
         > "$W/findings.log" 2>&1; echo "findings rc=$?"; grep -cE '^PASSED' "$W/findings.log" ;;
@@ -89,10 +105,20 @@ EOF
         [ -f "$W/power.txt" ] && { echo "== power (cuda)"; cat "$W/power.txt"; }
         [ -f "$W/replays.txt" ] && { echo "== replays"; cat "$W/replays.txt"; }
         [ -f "$W/findings.log" ] && { echo "== findings"; tail -n 30 "$W/findings.log"; }
+        [ -f "$W/grid.txt" ] && { echo "== grid"; sort -u "$W/grid.txt" | cut -c1-220; }
       } > "$OUT/summary.txt" 2>&1
       tar czf "$OUT/results.tgz" -C "$W" . 2>/dev/null
       cp "$W/backends.txt" "$OUT/" 2>/dev/null
       ls -la "$OUT" ;;
     *) echo "unknown phase $phase" ;;
   esac
+}
+
+for phase in "$@"; do
+  if [[ $phase == *+* ]]; then  # a+b+c: concurrent phases, their output after all end
+    for p in ${phase//+/ }; do one_phase "$p" > "$W/phase-$p.out" 2>&1 & done; wait
+    for p in ${phase//+/ }; do cat "$W/phase-$p.out"; done
+  else
+    one_phase "$phase"
+  fi
 done
