@@ -32,7 +32,7 @@ WORKERS=${WORKERS:-4}
 suite() {  # suite NAME [moecheck run selection args...]
   local name=$1; shift
   local t_var="${name^^}_S"; local t=${!t_var:-500}
-  local props=(); for p in ${PROPS//,/ }; do props+=(--property "$p"); done  # PROPS=a,b narrows the properties
+  local props=(); for p in ${PROPS:+${PROPS//,/ }}; do props+=(--property "$p"); done  # PROPS=a,b narrows the properties
   MOECHECK_PROFILE=gpu MOECHECK_MAX_EXAMPLES=$EX timeout "$t" $MC run -n "$WORKERS" --timeout 240 \
     --report "$W/$name" "$@" "${props[@]}" > "$W/$name.log" 2>&1
   echo "$name rc=$? ($(grep -c '"outcome"' "$W/$name/results.jsonl" 2>/dev/null || echo 0) results, $(date -u +%H:%M:%S))"

@@ -41,6 +41,12 @@ class Rounding:
     lora_mid: torch.dtype | None = None  # LoRA shrink output stored before the expand GEMM
     pre_bias: torch.dtype | None = None  # GEMM result stored before an unfused bias add (both GEMMs)
     act_gate: torch.dtype | None = None  # gated activations: f(gate) stored before the multiply by up
+    # GEMM2's epilogue multiplies by the router weight in fp32 before the gemm2_out store (vLLM Triton's
+    # MUL_ROUTED_WEIGHT, Marlin's mul_topk_weights): one rounding of o*w, not round(o)*w
+    weighted_store: bool = False
+    # the k for which topk_sum applies; other k accumulate in fp32 and round once (vLLM's moe_sum
+    # loops in the activation dtype for k in {2, 3, 4} only, else at::sum_out). None: every k
+    topk_sum_k: frozenset[int] | None = None
 
 
 ACT_EVERYWHERE = Rounding(ACT, ACT, ACT, None, torch.float32, ACT)  # a typical 16-bit kernel
@@ -259,18 +265,27 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         o = o + d2
         if track:
             var_o = var_o.plus(round_var(d2, rnd.lora_mid) + (budget.lora_rel * d2.double()) ** 2 / 3.0)
-    if track:
-        var_o = var_o.rounded(o, rnd.gemm2_out)
-    o = _rnd(o, rnd.gemm2_out)
-
     # combine: k slots per token, summed in slot order in the declared accumulator dtype
     w_rows = torch.ones_like(tw.flatten()[slot_rows]) if on_input else tw.flatten()[slot_rows]
+    wa = w_rows.double().abs()[:, None]
+    if rnd.weighted_store and not on_input:
+        ow = o * w_rows[:, None]
+        slots = var_o.map(lambda v: v * wa * wa, lambda m: m * wa).rounded(ow, rnd.gemm2_out) if track else None
+        slot_vals = _rnd(ow, rnd.gemm2_out)
+    else:
+        if track:
+            var_o = var_o.rounded(o, rnd.gemm2_out)
+        o = _rnd(o, rnd.gemm2_out)
+        slot_vals = o * w_rows[:, None]
+        if track:
+            slots = var_o.map(lambda v: v * wa * wa, lambda m: m * wa).rounded(slot_vals, rnd.topk_weights)
+    sum_dt = rnd.topk_sum if rnd.topk_sum_k is None or k in rnd.topk_sum_k else torch.float32
     buf = torch.zeros(T * k, H, device=dev, dtype=torch.float32)
-    buf[slot_rows] = o * w_rows[:, None]
+    buf[slot_rows] = slot_vals
     buf = buf.view(T, k, H)
-    acc = torch.zeros(T, H, device=dev, dtype=rnd.topk_sum)
+    acc = torch.zeros(T, H, device=dev, dtype=sum_dt)
     for j in range(k):
-        acc = (acc.float() + buf[:, j]).to(rnd.topk_sum)
+        acc = (acc.float() + buf[:, j]).to(sum_dt)
     out = acc.to(out_dtype)
     if not track:
         return MoEResult(out, None)
@@ -280,12 +295,10 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         vbuf[slot_rows] = v
         return vbuf.view(T, k, H).sum(1)
 
-    wa = w_rows.double().abs()[:, None]
-    slots = var_o.map(lambda v: v * wa * wa, lambda m: m * wa).rounded(o * w_rows[:, None], rnd.topk_weights)
     var = slots.map(summed, summed)
     accf = acc.float()
     for _ in range(k):  # each slot's add, in the declared accumulator
-        var = var.rounded(accf, rnd.topk_sum)
+        var = var.rounded(accf, sum_dt)
     env = var.env + 2 * round_var(accf, out_dtype)
     exp = var.rounded(accf, out_dtype).exp
     bound = (budget.z * env.sqrt()).float() + torch.finfo(torch.float32).tiny

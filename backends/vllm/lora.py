@@ -21,7 +21,7 @@ vLLM 0.24.0 source read for this file:
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import torch
@@ -31,6 +31,7 @@ from moecheck.backends.vllm import layouts as L
 from moecheck.backends.vllm import modular as M
 from moecheck.backends.vllm.triton_fused import (
     CONFIG,
+    TRITON_ROUNDING,
     VLLM_NUMERICS,
     build_quant_config,
 )
@@ -104,7 +105,8 @@ class VllmLoraTriton(VllmBackend):
         return M.emit(M.apply(w.kernel, w.w1, w.w2, p), out)
 
 
-LORA_ROUNDING = Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT, topk_sum=ACT, lora_mid=ACT, act_gate=ACT)
+# TritonExperts' rounding (weighted GEMM2 store, moe_sum) plus the shrink output stored in the activation dtype
+LORA_ROUNDING = replace(TRITON_ROUNDING, lora_mid=ACT)
 
 BACKENDS = [
     VllmLoraTriton(

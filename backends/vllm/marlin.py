@@ -20,7 +20,7 @@ vLLM 0.24.0 source read for this file:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Callable
 
@@ -138,6 +138,10 @@ LIM_SHAPE = Limitation("Marlin tiles: K multiples of GPTQ_MARLIN_MIN_THREAD_K=12
                        "(marlin_utils.verify_marlin_supports_shape); hidden and intermediate both aligned to 128")
 
 
+# the Marlin GEMM2 multiplies by the router weight before its bf16 store (mul_topk_weights), and the k
+# slots are summed by torch.sum(..., dim=1) (experts/marlin_moe.py): fp32 accumulator for every k
+MARLIN_ROUNDING = replace(TRITON_ROUNDING, topk_sum=torch.float32, topk_sum_k=None)
+
 MARLIN_SCALES = (
     Loosening(ErrorBudget(weight_rel=2.0**-7),
               "Marlin takes group scales in the activation dtype (oracle/int_wna16.py, marlin_moe_permute_scales keeps "
@@ -151,7 +155,7 @@ MARLIN_SCALES = (
 
 def _cap(formats, **kw) -> Capability:
     base = dict(dtypes=_DT, archs=_ARCHS, activations=frozenset(VLLM_ACTIVATION), expert_map=True, out_buffer=True,
-                hidden_align=128, inter_align=128, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=(*VLLM_NUMERICS, *MARLIN_SCALES))
+                hidden_align=128, inter_align=128, rounding=MARLIN_ROUNDING, requires=("vllm",), numerics=(*VLLM_NUMERICS, *MARLIN_SCALES))
     return Capability(formats=frozenset(formats), **{**base, **kw})
 
 
