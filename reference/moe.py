@@ -47,6 +47,17 @@ class Rounding:
     # the k for which topk_sum applies; other k accumulate in fp32 and round once (vLLM's moe_sum
     # loops in the activation dtype for k in {2, 3, 4} only, else at::sum_out). None: every k
     topk_sum_k: frozenset[int] | None = None
+    # the gated kinds whose f(gate) is stored at act_gate (vLLM: silu/gelu_and_mul return f(gate) as T,
+    # swigluoai_and_mul keeps glu in fp32 before (up + 1) * glu). None: every gated kind
+    act_gate_kinds: frozenset[str] | None = None
+    # LoRA deltas rounded to this dtype and added onto the base GEMM's stored output, one more rounding
+    # (vLLM's fused_moe_lora expand: store(prev + acc.to(bf16)) into intermediate_cache1/3). None: the
+    # deltas join the base product in fp32, before its store
+    lora_add: torch.dtype | None = None
+
+    def gate_store(self, kind: str) -> torch.dtype | None:
+        """The dtype f(gate) of activation `kind` is stored in before the multiply by up, or None."""
+        return self.act_gate if self.act_gate_kinds is None or kind in self.act_gate_kinds else None
 
 
 ACT_EVERYWHERE = Rounding(ACT, ACT, ACT, None, torch.float32, ACT)  # a typical 16-bit kernel
@@ -222,15 +233,24 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     if adapters is not None:
         g, u = lora_w13_delta(lora, xin.float()[tok_rows], e_rows, adapters, rnd.lora_mid)
         d13 = act_mod.join_gate_up(g, u, act) if act.gated else g
+        if rnd.lora_add is not None:  # onto the stored base product: round(round(h) + round(d13))
+            if track:
+                var_h = var_h.rounded(h, rnd.gemm1_out)
+            h = _rnd(h, rnd.gemm1_out)
+            if track:
+                var_h = var_h.plus(round_var(d13, rnd.lora_add))
+            d13 = _rnd(d13, rnd.lora_add)
         h = h + d13
         if track:
             var_h = var_h.plus(round_var(d13, rnd.lora_mid) + (budget.lora_rel * d13.double()) ** 2 / 3.0)
+    g1_store = rnd.lora_add if (adapters is not None and rnd.lora_add is not None) else rnd.gemm1_out
     if track:
-        var_h = var_h.rounded(h, rnd.gemm1_out)
-    h = _rnd(h, rnd.gemm1_out)
+        var_h = var_h.rounded(h, g1_store)
+    h = _rnd(h, g1_store)
 
     y_exact = act_mod.apply(h, act)
-    y = act_mod.apply(h, act, rnd.act_gate) if act.gated and rnd.act_gate is not None else y_exact
+    gate_dt = rnd.gate_store(act.kind) if act.gated else None
+    y = act_mod.apply(h, act, gate_dt) if gate_dt is not None else y_exact
     var_y = None
     if track:
         dg, du = act_mod.partials(h, act)
@@ -244,7 +264,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         var_y = var_h.map(lambda v: through(v, 2), lambda v: through(v, 1))
         var_y = var_y.plus((budget.act_fn_rel * _act_fn_scale(h, y, act).double()) ** 2 / 3.0)
         if act.gated:  # rounding f(gate) by u moves f(gate) * up by the same relative amount
-            var_y = var_y.rounded(y_exact, rnd.act_gate)
+            var_y = var_y.rounded(y_exact, gate_dt)
         var_y = var_y.rounded(y, rnd.act_out)
     y = _rnd(y, rnd.act_out)
     y_lora_in = y
@@ -262,9 +282,12 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         o = _rnd(o, rnd.pre_bias) + b2.float().to(dev)[e_rows]
     if adapters is not None:
         d2 = lora_w2_delta(lora, y_lora_in.to(out_dtype), e_rows, adapters, rnd.lora_mid)
-        o = o + d2
-        if track:
-            var_o = var_o.plus(round_var(d2, rnd.lora_mid) + (budget.lora_rel * d2.double()) ** 2 / 3.0)
+        var_d2 = round_var(d2, rnd.lora_mid) + (budget.lora_rel * d2.double()) ** 2 / 3.0 if track else None
+        if rnd.lora_add is None:
+            o = o + d2
+            if track:
+                var_o = var_o.plus(var_d2)
+    late_d2 = adapters is not None and rnd.lora_add is not None  # added onto the stored slot below
     # combine: k slots per token, summed in slot order in the declared accumulator dtype
     w_rows = torch.ones_like(tw.flatten()[slot_rows]) if on_input else tw.flatten()[slot_rows]
     wa = w_rows.double().abs()[:, None]
@@ -272,10 +295,25 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         ow = o * w_rows[:, None]
         slots = var_o.map(lambda v: v * wa * wa, lambda m: m * wa).rounded(ow, rnd.gemm2_out) if track else None
         slot_vals = _rnd(ow, rnd.gemm2_out)
+        if late_d2:  # round(round(w*o) + round(w*d2))
+            dw = d2 * w_rows[:, None]
+            if track:
+                slots = slots.plus(var_d2 * wa * wa + round_var(dw, rnd.lora_add))
+            slot_vals = slot_vals + _rnd(dw, rnd.lora_add)
+            if track:
+                slots = slots.rounded(slot_vals, rnd.lora_add)
+            slot_vals = _rnd(slot_vals, rnd.lora_add)
     else:
         if track:
             var_o = var_o.rounded(o, rnd.gemm2_out)
         o = _rnd(o, rnd.gemm2_out)
+        if late_d2:  # round(round(o) + round(d2)), then the weight
+            if track:
+                var_o = var_o.plus(var_d2 + round_var(d2, rnd.lora_add))
+            o = o + _rnd(d2, rnd.lora_add)
+            if track:
+                var_o = var_o.rounded(o, rnd.lora_add)
+            o = _rnd(o, rnd.lora_add)
         slot_vals = o * w_rows[:, None]
         if track:
             slots = var_o.map(lambda v: v * wa * wa, lambda m: m * wa).rounded(slot_vals, rnd.topk_weights)

@@ -41,13 +41,15 @@ VLLM_ACTIVATION = {"silu": "SILU", "gelu": "GELU", "gelu_tanh": "GELU_TANH", "sw
                    "relu2": "RELU2_NO_MUL"}
 
 # bf16 GEMM1 out; silu_and_mul / gelu_and_mul store f(gate) in the activation dtype before the multiply
-# (act_gate; swigluoai_and_mul does not, which the both-sides charge covers); bf16 activation out; bf16
+# (act_gate), swigluoai_and_mul keeps glu in fp32 (csrc/activation_kernels.cu: (T)((up + 1) * glu); the
+# H200 run of 2026-12-02 failed RMS on every swigluoai case until the record said so); bf16 activation out; bf16
 # per-expert GEMM2 out, stored after the fp32 multiply by the router weight (fused_moe_kernel's
 # MUL_ROUTED_WEIGHT epilogue); moe_sum (csrc/moe/moe_align_sum_kernels.cu) adds in the activation dtype
 # for k in {2, 3, 4} and falls back to at::sum_out (fp32 accumulator) for every other k
 MOE_SUM_NARROW_K = frozenset({2, 3, 4})
+GATE_STORED = frozenset({"silu", "gelu", "gelu_tanh"})  # vLLM's act_and_mul kernels that return f(gate) as T
 TRITON_ROUNDING = Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT, topk_sum=ACT, act_gate=ACT,
-                           weighted_store=True, topk_sum_k=MOE_SUM_NARROW_K)
+                           weighted_store=True, topk_sum_k=MOE_SUM_NARROW_K, act_gate_kinds=GATE_STORED)
 FP8_ARCHS = frozenset({(8, 9), (9, 0), (10, 0), (12, 0)})  # Triton fp8 tl.dot needs sm_89+
 
 # how vLLM's kernels' arithmetic differs from the baseline budget (reference/errmodel/table.py)

@@ -33,6 +33,7 @@ from moecheck.backends.problem import MoEProblem
 from moecheck.backends.vllm import modular as M
 from moecheck.backends.vllm.triton_fused import (
     CONFIG,
+    GATE_STORED,
     VLLM_NUMERICS,
     moe_activation,
     routing_args,
@@ -105,7 +106,7 @@ class VllmOgsUnfused(VllmBackend):
 BF16 = torch.bfloat16
 FUSED_ROUNDING = Rounding(gemm1_out=None, act_out=ACT, gemm2_out=ACT, topk_weights=BF16, topk_sum=torch.float32)
 UNFUSED_ROUNDING = Rounding(gemm1_out=ACT, act_out=ACT, gemm2_out=ACT, topk_weights=BF16, topk_sum=ACT,
-                            act_gate=ACT)  # silu/gelu via apply_moe_activation; swigluoai_and_mul: fp32, covered
+                            act_gate=ACT, act_gate_kinds=GATE_STORED)  # apply_moe_activation's kernels
 _ARCHS = frozenset({(9, 0), (10, 0)})  # vLLM's triton MXFP4 backend targets Hopper and Blackwell
 LIM_HOPPER = Limitation("on sm_90 _swizzle_mxfp4 sets opt_flags split_k=1 (global triton_kernels constraint)")
 LIM_BF16 = Limitation("bf16 only: triton_kernel_fused_experts asserts hidden_states.dtype == torch.bfloat16")

@@ -1,7 +1,8 @@
 """The reference's two combine semantics, held against a plain-torch emulation of vLLM's fused_experts.
 
 vLLM's Triton MoE stores round(w * o) (the router weight multiplied in fp32 in GEMM2's epilogue) and
-moe_sum adds the k slots in bf16 for k in {2, 3, 4} but in fp32 for every other k. The reference under
+moe_sum adds the k slots in bf16 for k in {2, 3, 4} but in fp32 for every other k; silu_and_mul stores
+f(gate) in bf16, swigluoai_and_mul keeps glu in fp32 (csrc/activation_kernels.cu). The reference under
 the record's Rounding must compute exactly that (zero difference), and the old declaration
 (round(o) * w, a bf16 sum for every k) must not: the H200 run of 2026-12-02 failed the RMS verdict on
 k >= 5 until the record said so (docs/findings/h200-2026-12-02/README.md).
@@ -12,10 +13,13 @@ import dataclasses
 
 import pytest
 import torch
-from moecheck.backends.vllm.triton_fused import TRITON_ROUNDING
+from moecheck.backends.vllm.lora import LORA_ROUNDING
+from moecheck.backends.vllm.triton_fused import GATE_STORED, TRITON_ROUNDING
 from moecheck.properties.case import Case, build
 from moecheck.reference.activations import ACTIVATIONS
 from moecheck.reference.activations import apply as act_apply
+from moecheck.reference.activations import join_gate_up
+from moecheck.reference.lora import lora_w13_delta, lora_w2_delta
 from moecheck.reference.moe import ACT
 
 
@@ -30,7 +34,8 @@ def _emulated_vllm(p) -> torch.Tensor:
         for j in range(k):
             e = int(p.topk_ids[t, j])
             h = (w13[e] @ x[t]).to(bf).float()  # intermediate_cache1
-            y = act_apply(h[None], act, bf)[0].to(bf).float()  # act_and_mul: f(gate) in bf16, then * up
+            gate_dt = bf if p.activation_name in GATE_STORED else None  # swigluoai_and_mul: glu in fp32
+            y = act_apply(h[None], act, gate_dt)[0].to(bf).float()  # act_and_mul, stored in bf16
             o = w2[e] @ y
             slots[t, j] = (o * p.topk_weights[t, j].float()).to(bf).float()  # MUL_ROUTED_WEIGHT, then the store
     if k in (2, 3, 4):  # moe_sum_kernel<bf16, k>: x += slot, in bf16
@@ -41,9 +46,10 @@ def _emulated_vllm(p) -> torch.Tensor:
     return slots.sum(1).to(bf)  # at::sum_out: fp32 accumulator, one rounding
 
 
+@pytest.mark.parametrize("activation", ["silu", "swigluoai"])
 @pytest.mark.parametrize("k", [2, 4, 5, 7])
-def test_record_rounding_is_the_kernels(k):
-    p = build(Case(tokens=9, hidden=64, inter=48, experts=8, top_k=k, seed=k, renormalize=False))
+def test_record_rounding_is_the_kernels(k, activation):
+    p = build(Case(tokens=9, hidden=64, inter=48, experts=8, top_k=k, seed=k, renormalize=False, activation=activation))
     want = _emulated_vllm(p)
     got = p.reference(TRITON_ROUNDING).out
     assert torch.equal(got, want), (got.float() - want.float()).abs().max()
@@ -53,3 +59,45 @@ def test_the_old_declaration_differs_where_vllm_sums_in_fp32():
     p = build(Case(tokens=64, hidden=64, inter=48, experts=8, top_k=7, seed=3, renormalize=False))
     old = dataclasses.replace(TRITON_ROUNDING, weighted_store=False, topk_sum_k=None, topk_sum=ACT)
     assert not torch.equal(p.reference(old).out, _emulated_vllm(p))
+
+
+def test_the_old_declaration_differs_where_swigluoai_keeps_glu_in_fp32():
+    p = build(Case(tokens=64, hidden=64, inter=48, experts=8, top_k=2, seed=5, renormalize=False, activation="swigluoai"))
+    old = dataclasses.replace(TRITON_ROUNDING, act_gate_kinds=None)
+    assert not torch.equal(p.reference(old).out, _emulated_vllm(p))
+
+
+def _emulated_vllm_lora(p) -> torch.Tensor:
+    """TritonExperts + fused_moe_lora: each delta rounded to bf16 and added onto the stored base output."""
+    bf = torch.bfloat16
+    x, w13, w2 = p.hidden_states.float(), p.w13.float(), p.w2.float()
+    act = ACTIVATIONS[p.activation_name]
+    T, k = p.topk_ids.shape
+    slots = torch.zeros(T, k, x.shape[1])
+    for t in range(T):
+        for j in range(k):
+            e = torch.tensor([int(p.topk_ids[t, j])])
+            a = p.token_lora[t:t + 1]
+            h = (w13[e[0]] @ x[t]).to(bf)  # intermediate_cache1
+            g, u = lora_w13_delta(p.lora, x[t:t + 1], e, a, bf)  # shrink stored in bf16
+            d13 = join_gate_up(g, u, act)[0]
+            h = (h.float() + d13.to(bf).float()).to(bf).float()  # store(prev + acc.to(bf16))
+            y = act_apply(h[None], act, bf)[0].to(bf)
+            wt = p.topk_weights[t, j].float()
+            slot = ((w2[e[0]] @ y.float()) * wt).to(bf)  # MUL_ROUTED_WEIGHT, intermediate_cache3
+            d2 = lora_w2_delta(p.lora, y[None], e, a, bf)[0] * wt
+            slots[t, j] = (slot.float() + d2.to(bf).float()).to(bf).float()
+    acc = torch.zeros(T, x.shape[1], dtype=bf)  # k = 2: moe_sum in bf16
+    for j in range(k):
+        acc = (acc.float() + slots[:, j]).to(bf)
+    return acc
+
+
+def test_lora_deltas_land_on_the_stored_outputs_as_vllm_adds_them():
+    p = build(Case(tokens=7, hidden=64, inter=48, experts=4, top_k=2, seed=11, renormalize=False,
+                   lora_adapters=2, lora_rank=4))
+    assert p.lora is not None and (p.token_lora >= 0).any()
+    want = _emulated_vllm_lora(p)
+    assert torch.equal(p.reference(LORA_ROUNDING).out, want)
+    fp32_deltas = dataclasses.replace(LORA_ROUNDING, lora_add=None)  # the declaration before the H200 run
+    assert not torch.equal(p.reference(fp32_deltas).out, want)
