@@ -15,7 +15,12 @@ import torch
 from moecheck.backends.problem import MoEProblem
 from moecheck.reference.errmodel.budget import ErrorBudget
 from moecheck.reference.errmodel.table import Loosening, budget_for
+from moecheck.reference.errors import require
+from moecheck.reference.formats import FORMATS
 from moecheck.reference.moe import Rounding
+from moecheck.reference.routing import ROUTER_KINDS
+
+FEATURES = ("expert_map", "lora", "bias", "weights_on_input")  # record flags the audit probes where unclaimed
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,18 @@ class Capability:
     kind: str = "moe"  # "moe": run() computes the layer; "router": route() computes top-k ids and weights
     routers: frozenset[str] = frozenset()  # router kinds (reference/routing.py) it computes itself from logits
     routed_scaling: bool = True  # its router applies routed_scaling_factor (else only 1.0 is drawn)
+    # unclaimed formats, FEATURES, router kinds or "routed_scaling" that prepare/run/route still hand to the
+    # library: the audit probes only what the adapter passes on (a claim is passed on by definition)
+    forwards: frozenset[str] = frozenset()
+
+    def __post_init__(self):
+        unknown = sorted(set(self.forwards) - set(FORMATS) - set(FEATURES) - set(ROUTER_KINDS) - {"routed_scaling"})
+        require(not unknown, f"Capability.forwards: unknown names {unknown}: formats, {FEATURES}, router kinds or routed_scaling")
+
+    def forwarded(self) -> frozenset[str]:
+        """What the adapter hands to the library: its claims plus `forwards`."""
+        claimed = {f for f in FEATURES if getattr(self, f)} | set(self.formats) | set(self.routers)
+        return frozenset(claimed | ({"routed_scaling"} if self.routed_scaling else set()) | set(self.forwards))
 
     def reference_format(self, fmt):
         """The format the reference mirrors: the case's, with the kernel's own activation quantization

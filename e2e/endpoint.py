@@ -187,6 +187,7 @@ class EndpointRunner:
         self.cfg, self.out_dir, self.log = cfg, Path(out_dir), log
         self.local = ConfigRunner(cfg, out_dir, limit=limit, log=log)  # task spec, JSONL writer, in-process reference
         self.limit, self.spec = self.local.limit, self.local.spec
+        self.current: tuple[str, str] | None = None  # (format, server) of the gate running
 
     def _gate(self, ep: Endpoint, verdict: str, message: str, **kw) -> GateRun:
         return GateRun(self.cfg.name, self.cfg.model, ep.server.format, ep.server.name, verdict, message, **kw)
@@ -216,7 +217,10 @@ class EndpointRunner:
         self.local.load()
         return self.local.baseline(fmt), f"reference/{fmt}", ""
 
-    def run(self, candidates: list[Endpoint], reference: Endpoint | None = None, baseline: Path | None = None) -> list[GateRun]:
+    def run(self, candidates: list[Endpoint], reference: Endpoint | None = None, baseline: Path | None = None,
+            done: list[GateRun] | None = None) -> list[GateRun]:
+        """Each gate is appended to `done` as it finishes (see ConfigRunner.run); `current` names the one running."""
+        out = done if done is not None else []
         t0 = time.monotonic()
         try:
             base, label, why = self.comparison(reference, baseline)
@@ -224,8 +228,13 @@ class EndpointRunner:
             base, label, why = None, "", f"comparison {reference.server.name if reference else 'reference'} failed: {_one_line(e)}"
         if base is None:
             verdict = "skip" if why.startswith("no comparison") else "error"
-            return [self._gate(ep, verdict, why, wall_s=time.monotonic() - t0) for ep in candidates]
-        return [self.run_gate(ep, base, label) for ep in candidates]
+            out.extend(self._gate(ep, verdict, why, wall_s=time.monotonic() - t0) for ep in candidates)
+            return out
+        for ep in candidates:
+            self.current = (ep.server.format, ep.server.name)
+            out.append(self.run_gate(ep, base, label))
+        self.current = None
+        return out
 
     def run_gate(self, ep: Endpoint, base: lmeval_run.EvalRun, label: str) -> GateRun:
         t0 = time.monotonic()

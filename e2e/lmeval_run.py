@@ -9,8 +9,11 @@ Nothing downloads: the HF offline switches are forced on before lm-eval or datas
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,6 +171,32 @@ def evaluate(model, tokenizer, spec: TaskSpec, *, limit: int | None, batch_size:
     return evaluate_lm(lm, spec, limit=limit, max_gen_toks=max_gen_toks)
 
 
+@functools.cache
+def _commit(cwd: str) -> str | None:
+    """lm-eval's results["git_hash"], with git's stderr captured: lm-eval runs `git describe` per evaluation
+    and lets git print "fatal: not a git repository" each time; here one line says so, once per folder."""
+    try:
+        done = subprocess.run(["git", "describe", "--always"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        done = None
+    if done is not None and done.returncode == 0 and done.stdout.strip():
+        return done.stdout.strip()
+    print(f"e2e: {cwd} is not in a git checkout: commit unknown", file=sys.stderr, flush=True)
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_git():
+    import lm_eval.evaluator as ev
+
+    saved = ev.get_git_commit_hash
+    ev.get_git_commit_hash = lambda: _commit(os.getcwd())
+    try:
+        yield
+    finally:
+        ev.get_git_commit_hash = saved
+
+
 def evaluate_lm(lm, spec: TaskSpec, *, limit: int | None, max_gen_toks: int | None = None) -> EvalRun:
     """Zero-shot greedy generation on `spec` with any lm-eval LM (HFLM in-process, or a served endpoint's)."""
     import lm_eval
@@ -176,7 +205,7 @@ def evaluate_lm(lm, spec: TaskSpec, *, limit: int | None, max_gen_toks: int | No
     force_offline()
     gen = {"max_gen_toks": int(max_gen_toks)} if max_gen_toks else None
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="moecheck-lmeval-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="moecheck-lmeval-") as tmp, _quiet_git():
         tm = TaskManager(include_path=str(_local_task_dir(spec.data, Path(tmp))) if spec.kind == "local" else None)
         res = lm_eval.simple_evaluate(model=lm, tasks=[spec.name], num_fewshot=0, limit=limit, log_samples=True,
                                       task_manager=tm, gen_kwargs=gen, bootstrap_iters=0, verbosity="ERROR")

@@ -63,6 +63,7 @@ class ConfigRunner:
         self.model = self.tokenizer = None
         self.baselines: dict[str, lmeval_run.EvalRun] = {}
         self.scales: dict[str, calibrate.Scales] = {}  # per static format, shared by reference and backends
+        self.current: tuple[str, str] | None = None  # (format, backend) of the gate running
 
     def _gate(self, fmt: str, backend: str, verdict: str, message: str, **kw) -> GateRun:
         return GateRun(self.cfg.name, self.cfg.model, fmt, backend, verdict, message, **kw)
@@ -155,16 +156,22 @@ class ConfigRunner:
                     alpha=self.cfg.alpha, baseline=f"reference/{base_fmt}")
         return self._gate(fmt, backend, res.verdict, res.message, result=res, **kw)
 
-    def run(self, formats: tuple[str, ...] | None = None, backends: tuple[str, ...] | None = None) -> list[GateRun]:
+    def run(self, formats: tuple[str, ...] | None = None, backends: tuple[str, ...] | None = None,
+            done: list[GateRun] | None = None) -> list[GateRun]:
+        """Every (format, backend) gate; each is appended to `done` as it finishes, so a caller interrupted
+        mid-run still has them, and `current` names the gate running."""
         formats = formats or self.cfg.formats
         backends = backends or self.cfg.backends
+        out = done if done is not None else []
         why = self.skip_reason()
         if why is not None:
-            return [self._gate(f, b, "skip", why) for f in formats for b in backends]
-        out = []
+            out.extend(self._gate(f, b, "skip", why) for f in formats for b in backends)
+            return out
         for f in formats:
             for b in backends:
+                self.current = (f, b)
                 g = self.run_gate(f, b)
                 self.log(g.message if g.verdict != "skip" else f"e2e {self.cfg.name}/{f}/{b}: skip: {g.message}")
                 out.append(g)
+        self.current = None
         return out

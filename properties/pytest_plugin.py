@@ -141,7 +141,10 @@ def _message(report) -> str:
     crash = getattr(lr, "reprcrash", None)
     if crash is not None and getattr(crash, "message", ""):
         return " | ".join(crash.message.strip().splitlines()[:3])[:1000]  # "ExcType: first lines"
-    return (str(lr).strip().splitlines() or [""])[-1][:1000] if lr else ""
+    text = str(lr) if lr else ""
+    # pytest's own "E   ExcType: message" lines, never the last line ("test_x.py:91: AssertionError")
+    err = [line[1:].strip() for line in text.splitlines() if line.startswith("E ") and line[1:].strip()]
+    return " | ".join(err[:3])[:1000] if err else (text.strip().splitlines() or [""])[-1][:1000]
 
 
 def _crashed(report, rec: dict) -> dict:

@@ -159,6 +159,7 @@ class Tally:
                "rms_norm_err": c.rms_norm_err if c is not None else self.rms,
                "bias": getattr(c, "bias", 0.0) if c is not None else self.bias,
                "where": list(c.where) if c is not None and c.where is not None else None,
+               "bound": getattr(c, "bound", None) if c is not None else None,  # at `where`: the dashboard shows it
                "worst_case": (case or self.worst).to_json() if (case or self.worst) else None}
         if out is not None:
             rec["message"] = "; ".join(f"{c.summary()}: {o.message}" for c, o, _ in self.failures)

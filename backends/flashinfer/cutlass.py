@@ -197,6 +197,7 @@ def _cap(formats, archs, rounding, acts=_ACTS, dtypes=frozenset({torch.bfloat16}
     # the FP8 CUTLASS grouped GEMM on Hopper is WGMMA with its truncating ~14-bit accumulator (formats fp8*)
     return Capability(formats=frozenset(formats), dtypes=dtypes, archs=frozenset(archs), activations=acts,
                       out_buffer=True, hidden_align=128, inter_align=128, rounding=rounding, numerics=(FP8_WGMMA,),
+                      forwards=frozenset({"bias"}),  # prepare passes biases on (fc1/fc2_expert_biases)
                       requires=C.REQUIRES, limitations=(C.UNVERIFIED, *[C.SM90_MOE_LIMIT] * ((9, 0) in archs), *extra),
                       verified=(), deterministic=True)
 

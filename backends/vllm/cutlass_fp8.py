@@ -114,7 +114,7 @@ BLOCK_TO_TENSOR = Loosening(
 def _cap(formats, archs, numerics=VLLM_NUMERICS, **kw) -> Capability:
     return Capability(formats=frozenset(formats), dtypes=_DT, archs=archs, activations=GATED, hidden_align=16,
                       inter_align=16, min_tokens=M.MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",),
-                      numerics=numerics, tiny_values=False, **kw)
+                      numerics=numerics, tiny_values=False, forwards=M.APPLY_FORWARDS, **kw)
 
 
 BACKENDS = [

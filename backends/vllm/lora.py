@@ -31,6 +31,7 @@ from moecheck.backends.vllm import layouts as L
 from moecheck.backends.vllm import modular as M
 from moecheck.backends.vllm.triton_fused import (
     CONFIG,
+    PATHS,
     TRITON_ROUNDING,
     VLLM_NUMERICS,
     build_quant_config,
@@ -118,7 +119,8 @@ BACKENDS = [
             formats=frozenset({"bf16", "fp16"}), dtypes=frozenset({torch.bfloat16, torch.float16}),
             activations=frozenset({"silu", "gelu", "gelu_tanh"}), lora=True, min_tokens=M.MIN_TOKENS, rounding=LORA_ROUNDING,
             numerics=(*VLLM_NUMERICS, BF16_LORA_SHRINK),
-            requires=("vllm",), deterministic=False, limitations=(M.LIM_WS, Limitation(
+            requires=("vllm",), deterministic=False, forwards=M.APPLY_FORWARDS | frozenset(PATHS) | {"bias"},
+            limitations=(M.LIM_WS, Limitation(
                 "w13 LoRA delta is added to the already-rounded bf16 GEMM1 output (one more rounding than the "
                 "reference's gemm1_out)"), Limitation(
                 "gated halves only: the two w13 slices land in the [gate | up] halves; interleaved swigluoai "

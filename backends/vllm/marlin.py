@@ -155,7 +155,8 @@ MARLIN_SCALES = (
 
 def _cap(formats, **kw) -> Capability:
     base = dict(dtypes=_DT, archs=_ARCHS, activations=frozenset(VLLM_ACTIVATION), expert_map=True, out_buffer=True,
-                hidden_align=128, inter_align=128, rounding=MARLIN_ROUNDING, requires=("vllm",), numerics=(*VLLM_NUMERICS, *MARLIN_SCALES))
+                hidden_align=128, inter_align=128, rounding=MARLIN_ROUNDING, requires=("vllm",), numerics=(*VLLM_NUMERICS, *MARLIN_SCALES),
+                forwards=frozenset({"weights_on_input"}))
     return Capability(formats=frozenset(formats), **{**base, **kw})
 
 

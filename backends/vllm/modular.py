@@ -27,6 +27,7 @@ from moecheck.backends.problem import MoEProblem
 from moecheck.backends.vllm.triton_fused import (
     CONFIG,
     FP8_ARCHS,
+    PATHS,
     TRITON_ROUNDING,
     VLLM_ACTIVATION,
     VLLM_NUMERICS,
@@ -90,6 +91,10 @@ def apply(k, w1, w2, p: MoEProblem) -> torch.Tensor:
     return k.apply(p.hidden_states.contiguous(), w1, w2, r["topk_weights"], r["topk_ids"],
                    moe_activation(p.activation_name), r["global_num_experts"], r["expert_map"],
                    p.apply_router_weight_on_input)
+
+
+# what apply() always hands to FusedMoEKernel.apply, claimed or not (Capability.forwards)
+APPLY_FORWARDS = frozenset({"expert_map", "weights_on_input"})
 
 
 def emit(res: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -187,6 +192,7 @@ BACKENDS = [
             formats=frozenset({"bf16", "fp16", "fp8_tensor", "fp8_token_channel", "fp8_block", "int8_w8a8"}),
             dtypes=_DT, archs=FP8_ARCHS, activations=frozenset(VLLM_ACTIVATION), expert_map=True, bias=True,
             min_tokens=MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=VLLM_NUMERICS, tiny_values=False,
+            forwards=APPLY_FORWARDS | frozenset(PATHS),  # build_quant_config maps every PATHS format
             limitations=(LIM_WS, Limitation(
                 "archs are the fp8 formats' (Triton fp8 dot, sm_89+); bf16/int8 would also run on sm_80"))),
         spies=(*composition_spies(TRITON_EXPERTS, "invoke_fused_moe_triton_kernel"), "vllm._custom_ops:moe_sum")),
@@ -195,7 +201,7 @@ BACKENDS = [
         description="FusedMoEKernel + OCP_MXQuantizationEmulationTritonExperts (MXFP4 weights, bf16 compute)",
         capability=Capability(
             formats=frozenset({"mxfp4_bf16"}), dtypes=_DT, activations=frozenset({"silu", "swigluoai"}),
-            min_tokens=MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm", "quark"), limitations=(LIM_WS, Limitation(
+            min_tokens=MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm", "quark"), forwards=APPLY_FORWARDS, limitations=(LIM_WS, Limitation(
                 "needs amd-quark (quark.torch.kernel.mx.dq_mxfp4) for the weight dequantization"), Limitation(
                 "0.24.0 sets _quant_dtype only for schemes with quantized activations; weight-only w_mxfp4 may "
                 "raise AttributeError on .quant_dtype (read in ocp_mx_emulation_moe.py, not run)"))),
@@ -209,7 +215,7 @@ BACKENDS.append(VllmModularTrtllmFp8(
     capability=Capability(
         formats=frozenset({"fp8_block"}), dtypes=frozenset({torch.bfloat16}), archs=frozenset({(10, 0), (10, 3)}),
         activations=frozenset({"silu", "relu2"}), hidden_align=128, inter_align=128, min_tokens=MIN_TOKENS,
-        rounding=TRITON_ROUNDING, numerics=VLLM_NUMERICS,
+        rounding=TRITON_ROUNDING, numerics=VLLM_NUMERICS, forwards=APPLY_FORWARDS,
         requires=("vllm", "flashinfer"), limitations=(Limitation(
             "TrtLlmFp8ExpertsBase._supports_current_device: Blackwell family (sm_100/sm_103) with FlashInfer's "
             "TRT-LLM fused MoE; not runnable on sm_90 (H100)"), Limitation(

@@ -217,6 +217,7 @@ _ACTS = frozenset(VLLM_ACTIVATION)
 def _cap(formats, archs=None, bias=True, acts=_ACTS, limitations=(), **kw) -> Capability:
     return Capability(formats=frozenset(formats), dtypes=_DT, archs=archs, activations=acts, expert_map=True,
                       bias=bias, rounding=TRITON_ROUNDING, requires=("vllm",),
+                      forwards=frozenset(PATHS) | {"weights_on_input"},  # build_quant_config maps every PATHS format
                       numerics=(*VLLM_NUMERICS, WNA16_SCALES),
                       tiny_values=not any(f.startswith(("fp8", "int8_w8a8")) for f in formats),  # scale floors
                       limitations=(LIM_ROUTER_ON_INPUT, LIM_MOE_SUM, *limitations), **kw)

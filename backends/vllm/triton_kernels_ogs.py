@@ -117,7 +117,7 @@ BACKENDS = [
         capability=Capability(
             formats=frozenset({"mxfp4_bf16"}), dtypes=frozenset({BF16}), archs=_ARCHS, activations=frozenset({"swigluoai"}),
             bias=True, out_buffer=True, hidden_align=32, inter_align=64, rounding=FUSED_ROUNDING, requires=("vllm",), numerics=VLLM_NUMERICS,
-            deterministic=False, limitations=(LIM_HOPPER, LIM_BF16, Limitation(
+            deterministic=False, forwards=frozenset({"weights_on_input"}), limitations=(LIM_HOPPER, LIM_BF16, Limitation(
                 "expert_map not claimed: this entry point takes local ids (triton_kernel_moe_forward remaps first)"))),
         spies=(f"{OGS}:triton_kernel_fused_experts", f"{OGS}:matmul_ogs")),
     VllmOgsUnfused(
@@ -127,6 +127,7 @@ BACKENDS = [
             formats=frozenset({"mxfp4_bf16"}), dtypes=frozenset({BF16}), archs=_ARCHS,
             activations=frozenset({"swigluoai", "silu", "gelu"}), expert_map=True, bias=True, hidden_align=32,
             inter_align=64, min_tokens=M.MIN_TOKENS, rounding=UNFUSED_ROUNDING, requires=("vllm",), numerics=VLLM_NUMERICS, deterministic=False,
+            forwards=M.APPLY_FORWARDS,
             limitations=(LIM_HOPPER, LIM_BF16, M.LIM_WS)),
         spies=(*M.composition_spies(OGS, "matmul_ogs"), "vllm._custom_ops:moe_sum")),
 ]

@@ -13,21 +13,27 @@ Per-question JSONL per gate goes to --out; with --store (default $MOECHECK_STORE
 sets it) the gates are appended to the results store: to the newest run if it started within 12
 hours (the nightly's property run, so the dashboard shows one night's cases and gates together),
 else (or with --attach new) to a new run.
-Exit 0: every gate passed or skipped; 1: a gate failed or broke; 2: bad input.
+Exit 0: every gate passed or skipped; 1: a gate failed or broke; 2: bad input; 130: interrupted
+(SIGINT/SIGTERM): the gates done so far are printed, written and stored, the one running is "interrupted".
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
+from moecheck.ci.cli import exitcodes
 from moecheck.reference.errors import MoecheckError, require
 
 DEFAULT_OUT = "moecheck-e2e"
+INTERRUPTED = "interrupted"  # the verdict of the gate a signal cut short
 ATTACH_WITHIN = timedelta(hours=12)  # a nightly's property run and its e2e gates start within one night
 
 
@@ -42,7 +48,7 @@ def _validate_names(backends, formats) -> None:
 
 
 def _table(gates) -> str:
-    head = f"{'model':18s} {'format':18s} {'backend':26s} {'verdict':7s} {'acc':>6s} {'ref':>6s} {'n':>4s} {'b':>3s} {'c':>3s} {'p':>8s} {'wall':>6s}  note"
+    head = f"{'model':18s} {'format':18s} {'backend':26s} {'verdict':11s} {'acc':>6s} {'ref':>6s} {'n':>4s} {'b':>3s} {'c':>3s} {'p':>8s} {'wall':>6s}  note"
     lines = [head]
     seen_skips: dict[tuple[str, str], int] = {}
     for g in gates:  # a config that cannot run at all: one line, not one per gate
@@ -53,14 +59,14 @@ def _table(gates) -> str:
         if g.verdict == "skip" and seen_skips[key] > 1:
             if key not in printed:
                 printed.add(key)
-                lines.append(f"{g.config[:18]:18s} {'*':18s} {'*':26s} skip    ({seen_skips[key]} gates)  {g.message}")
+                lines.append(f"{g.config[:18]:18s} {'*':18s} {'*':26s} {'skip':11s} ({seen_skips[key]} gates)  {g.message}")
             continue
         r = g.result
         nums = (f"{r.accuracy:6.3f} {r.reference_accuracy:6.3f} {r.n:4d} {r.b:3d} {r.c:3d} {r.p_value:8.2g}" if r
                 else f"{'-':>6s} {'-':>6s} {g.n or '-':>4} {'-':>3s} {'-':>3s} {'-':>8s}")
         # a skip's reason is short and the whole point: never cut (a long path must not hide it)
         note = "" if g.verdict == "pass" else g.message if g.verdict == "skip" else g.message[:110]
-        lines.append(f"{g.config[:18]:18s} {g.format[:18]:18s} {g.backend[:26]:26s} {g.verdict:7s} {nums} {g.wall_s:5.0f}s  {note}")
+        lines.append(f"{g.config[:18]:18s} {g.format[:18]:18s} {g.backend[:26]:26s} {g.verdict:11s} {nums} {g.wall_s:5.0f}s  {note}")
     return "\n".join(lines)
 
 
@@ -75,7 +81,7 @@ def _store(path: str, gates, command: str, attach: str) -> str:
 
     records = [E2ERecord(model=g.config, format=g.format, backend=g.backend, accuracy=g.accuracy, n_questions=g.n,
                          verdict=g.verdict, message=g.message, per_question_path=str(g.per_question) if g.per_question else None)
-               for g in gates]
+               for g in gates if g.verdict != INTERRUPTED]  # a gate cut short has no result to keep
     with ResultStore(path) as store:
         latest = store.latest_runs(1) if attach == "latest" else []
         if latest and datetime.now(timezone.utc) - datetime.fromisoformat(latest[0].started_at) < ATTACH_WITHIN:
@@ -87,7 +93,7 @@ def _store(path: str, gates, command: str, attach: str) -> str:
     return f"{rid} (a new run)"
 
 
-def _served_gates(args: argparse.Namespace, out: Path):
+def _served_gates(args: argparse.Namespace, out: Path, gates: list, running: list):
     """--endpoint: one config, its served configurations against one comparison."""
     from moecheck.e2e.config import load_config
     from moecheck.e2e.endpoint import EndpointRunner, parse_endpoint, server_configs
@@ -104,11 +110,42 @@ def _served_gates(args: argparse.Namespace, out: Path):
     ref = parse_endpoint(args.reference_endpoint, servers) if args.reference_endpoint else None
     baseline = Path(args.baseline) if args.baseline else None
     require(baseline is None or baseline.is_file(), f"no baseline file {baseline}")
-    gates = EndpointRunner(cfg, out, limit=args.limit).run(eps, ref, baseline)
+    runner = EndpointRunner(cfg, out, limit=args.limit)
+    running[:] = [runner]
+    runner.run(eps, ref, baseline, done=gates)
     against = (f"server {ref.server.name} ({ref.url}): {ref.server.settings}" if ref else
                f"baseline {baseline}" if baseline else f"the in-process reference ({cfg.baseline_format or 'bf16'})")
     legend = [f"servers, each against {against}:"] + [f"  {e.server.name:26s} {e.url}  {e.server.settings}" for e in eps]
-    return [cfg], gates, legend
+    return [cfg], legend
+
+
+@contextlib.contextmanager
+def _signals_interrupt(got: list[str]):
+    """SIGTERM raises KeyboardInterrupt as SIGINT does; `got` names the first signal (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        got.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+    saved = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def _cut_short(running: list, why: str):
+    """The gate a signal stopped, as a row of its own (None if it stopped between gates)."""
+    from moecheck.e2e.runner import GateRun
+
+    r = running[0] if running else None
+    if r is None or r.current is None:
+        return None
+    fmt, backend = r.current
+    return GateRun(r.cfg.name, r.cfg.model, fmt, backend, INTERRUPTED, f"{why} while this gate ran")
 
 
 def e2e(args: argparse.Namespace) -> int:
@@ -120,20 +157,37 @@ def e2e(args: argparse.Namespace) -> int:
     require(args.endpoint or not (args.reference_endpoint or args.baseline), "--reference-endpoint/--baseline need --endpoint")
     out = Path(args.out)
     t0 = time.monotonic()
-    legend = []
-    if args.endpoint:
-        configs, gates, legend = _served_gates(args, out)
-    else:
-        registry.load_all(tuple(args.plugin))
-        configs = [load_config(c) for c in (args.config or all_configs())]
-        require(configs, "no gate configs found")
-        _validate_names(args.backend, args.format)
-        for cfg in configs:
-            _validate_names(() if args.backend else cfg.backends, ())
-        gates = []
-        for cfg in configs:
-            runner = ConfigRunner(cfg, out, limit=args.limit)
-            gates += runner.run(tuple(args.format) or None, tuple(args.backend) or None)
+    legend, gates, running, configs, got = [], [], [], [], []
+    try:
+        with _signals_interrupt(got):
+            if args.endpoint:
+                configs, legend = _served_gates(args, out, gates, running)
+            else:
+                registry.load_all(tuple(args.plugin))
+                configs = [load_config(c) for c in (args.config or all_configs())]
+                require(configs, "no gate configs found")
+                _validate_names(args.backend, args.format)
+                for cfg in configs:
+                    _validate_names(() if args.backend else cfg.backends, ())
+                for cfg in configs:
+                    running[:] = [ConfigRunner(cfg, out, limit=args.limit)]
+                    running[0].run(tuple(args.format) or None, tuple(args.backend) or None, done=gates)
+    except KeyboardInterrupt:
+        got = got or ["SIGINT"]
+        cut = _cut_short(running, f"interrupted by {got[0]}")
+        gates += [cut] if cut is not None else []
+    if not got:
+        return _finish(args, out, t0, gates, configs, legend, None)
+    prev = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the partial results
+    try:
+        _finish(args, out, t0, gates, configs, legend, got[0])
+    finally:
+        signal.signal(signal.SIGINT, prev)
+    return exitcodes.INTERRUPTED.value
+
+
+def _finish(args: argparse.Namespace, out: Path, t0: float, gates: list, configs: list, legend: list,
+            interrupted: str | None) -> int:
     print("\n".join([_table(gates), *legend]))
     paths = {cfg.name: cfg.path for cfg in configs}
     for g in gates:
@@ -147,11 +201,13 @@ def e2e(args: argparse.Namespace) -> int:
                                 "b": g.result.b if g.result else None, "c": g.result.c if g.result else None,
                                 "p_value": g.result.p_value if g.result else None, "message": g.message,
                                 "per_question": str(g.per_question) if g.per_question else None}) + "\n")
-    counts = {v: sum(g.verdict == v for g in gates) for v in ("pass", "fail", "error", "skip")}
-    print(f"\n{len(gates)} gates: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+    counts = {v: sum(g.verdict == v for g in gates) for v in ("pass", "fail", "error", "skip", INTERRUPTED)}
+    print(f"\n{len(gates)} gates: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n or v != INTERRUPTED)
           + f"; wall time {time.monotonic() - t0:.0f} s; per-question results in {out}/")
+    if interrupted:
+        print(f"interrupted by {interrupted}: the gates above are the ones that ran; the rest did not")
     store = args.store or os.environ.get("MOECHECK_STORE")
-    if store:
+    if store and any(g.verdict != INTERRUPTED for g in gates):
         print(f"stored as run {_store(store, gates, ' '.join(['moecheck', *sys.argv[1:]]), args.attach)} in {store}")
     return 1 if counts["fail"] or counts["error"] else 0
 

@@ -31,6 +31,7 @@ def case_record(row: dict) -> CaseRecord:
         property=str(row.get("property", "unknown")), shape=shape_of(worst),
         verdict=OUTCOME_VERDICT.get(row.get("outcome", ""), "error"), max_norm_err=row.get("max_norm_err"),
         rms_err=row.get("rms_norm_err"), where=None if row.get("where") is None else str(tuple(row["where"])),
+        bias=row.get("bias"), bound=row.get("bound"),
         duration_s=float(row.get("duration_s") or 0.0), repro=repro, message=str(row.get("message", "")),
         case_json=row.get("worst_case"),
     )

@@ -83,12 +83,20 @@ def status_grid(cases: list[CaseRecord]) -> str:
     return f'<table class="grid"><tr><th>backend \\ format</th>{head}</tr>{"".join(rows)}</table>'
 
 
+def _numbers(c: CaseRecord) -> list[str]:
+    """The case's own numbers: max and rms normalized error, bias, where, and the bound there."""
+    return [f"max normalized error {_fmt(c.max_norm_err)}" if c.max_norm_err is not None else "",
+            f"rms {_fmt(c.rms_err)}" if c.rms_err is not None else "",
+            f"bias {_fmt(c.bias)}" if c.bias is not None else "",
+            f"at <code>{escape(c.where)}</code>" if c.where else "",
+            f"bound {_fmt(c.bound)}" if c.bound is not None else ""]
+
+
 def _case_detail(c: CaseRecord, label: str) -> str:
+    """One case in full: the one its repro command replays, with that case's numbers and error text."""
     parts = [f"<b>{escape(label)}</b> {escape(c.verdict)}",
-             f"shape <code>{escape(c.shape)}</code>" if c.shape else "",
-             f"max_norm_err {_fmt(c.max_norm_err)}", f"rms_err {_fmt(c.rms_err)}" if c.rms_err is not None else "",
-             f"at <code>{escape(c.where)}</code>" if c.where else ""]
-    html = "<div>" + ", ".join(p for p in parts if p) + "</div>"
+             f"shape <code>{escape(c.shape)}</code>" if c.shape else "", *_numbers(c)]
+    html = '<div class="numbers">' + ", ".join(p for p in parts if p) + "</div>"
     if c.message:
         html += f'<div class="message">{escape(c.message)}</div>'
     if c.repro:
@@ -98,9 +106,20 @@ def _case_detail(c: CaseRecord, label: str) -> str:
     return html
 
 
+def _brief(c: CaseRecord, label: str) -> str:
+    """The other side of a change in one line: no repro, so an entry never shows two cases to replay."""
+    parts = [f"<b>{escape(label)}</b> {escape(c.verdict)}", f"run <code>{escape(c.run_id[:8])}</code>" if c.run_id else "",
+             f"max normalized error {_fmt(c.max_norm_err)}" if c.max_norm_err is not None else ""]
+    return '<div class="brief">' + ", ".join(p for p in parts if p) + "</div>"
+
+
 def _change(kind: str, ch: Change) -> str:
     tone = "bad" if kind in ("new failures", "still failing") else ("good" if kind == "fixed" else "")
-    body = "".join(_case_detail(c, label) for c, label in ((ch.cur, "now"), (ch.prev, "before")) if c is not None)
+    # in full: the failing case (now, else the one that failed before); the other side briefly
+    full, other = ((ch.cur, ch.prev) if ch.cur is not None and (ch.cur.verdict in FAILING or ch.prev is None)
+                   else (ch.prev, ch.cur))
+    labels = {id(ch.cur): "now", id(ch.prev): "before"}
+    body = _case_detail(full, labels[id(full)]) + (_brief(other, labels[id(other)]) if other is not None else "")
     return (f'<div class="change {tone}" data-kind="{escape(kind)}"><b>{escape(" / ".join(ch.key))}</b>'
             f"{body}</div>")
 
@@ -122,8 +141,9 @@ def changes_section(d: RunDiff) -> str:
 
 
 def _x_axis(runs: list[RunRecord]) -> tuple[list[str], list[str]]:
-    labels = [r.started_at[5:10] for r in runs]  # MM-DD
-    tips = [f"{r.run_id[:8]} {r.started_at} {(r.revision or '')[:12]}" for r in runs]
+    """Label per run: date and time (UTC, several runs a day are told apart) over the run id."""
+    labels = [f"{r.started_at[5:10]} {r.started_at[11:16]}\n{r.run_id[:8]}" for r in runs]
+    tips = [f"run {r.run_id[:8]} {r.started_at[:19].replace('T', ' ')} UTC {(r.revision or '')[:12]}".rstrip() for r in runs]
     return labels, tips
 
 

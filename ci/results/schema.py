@@ -45,6 +45,8 @@ class CaseRecord:
     max_norm_err: float | None = None  # worst |backend - ref| / bound; > 1 is a failure
     rms_err: float | None = None
     where: str | None = None  # location of the worst element
+    bias: float | None = None  # mean sign(ref) * error / bound (errmodel Comparison.bias)
+    bound: float | None = None  # the error bound at `where`
     duration_s: float = 0.0
     repro: str = ""  # the one command that reproduces this case
     message: str = ""
@@ -75,7 +77,7 @@ class E2ERecord:
         require(self.verdict in VERDICTS, f"e2e verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # MIGRATIONS[i] takes a store from version i to i + 1. Append only: never edit a shipped step.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -97,6 +99,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             verdict TEXT NOT NULL, per_question_path TEXT, message TEXT NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS e2e_run ON e2e(run_id)",
     ),
+    (  # 1 -> 2: a failure's bias and bound, shown beside its max and rms
+        "ALTER TABLE cases ADD COLUMN bias REAL",
+        "ALTER TABLE cases ADD COLUMN bound REAL",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -104,7 +110,7 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 CASE_COLUMNS = (
     ("run_id", "run_id"), ("backend", "backend"), ("format", "format"), ("property", "property"),
     ("shape", "shape"), ("verdict", "verdict"), ("max_norm_err", "max_norm_err"), ("rms_err", "rms_err"),
-    ("where", "location"), ("duration_s", "duration_s"), ("repro", "repro"), ("message", "message"),
+    ("where", "location"), ("bias", "bias"), ("bound", "bound"), ("duration_s", "duration_s"), ("repro", "repro"), ("message", "message"),
     ("case_json", "case_json"),
 )
 E2E_COLUMNS = tuple((f, f) for f in (
@@ -114,4 +120,4 @@ RUN_COLUMNS = tuple((f, f) for f in (
     "run_id", "started_at", "finished_at", "revision", "versions", "gpu_name", "driver", "hostname",
     "profile", "command", "status",
 ))
-FLOAT_FIELDS = frozenset({"max_norm_err", "rms_err", "duration_s", "accuracy"})
+FLOAT_FIELDS = frozenset({"max_norm_err", "rms_err", "bias", "bound", "duration_s", "accuracy"})

@@ -15,6 +15,7 @@ PALETTE = ("#0969da", "#bc4c00", "#8250df", "#1b7c83", "#bf3989", "#4d2d00", "#6
            "#7d4e00")
 WIDTH, HEIGHT = 640, 240
 LEFT, RIGHT, TOP, BOTTOM = 56, 28, 12, 36  # margins around the plot area
+MAX_X_LABELS = 6  # "MM-DD HH:MM" labels are ~70 px wide: at most this many on the axis
 LOG_FLOOR = 1e-4  # errors below this fraction of the bound are drawn on the floor of a log axis
 
 
@@ -77,11 +78,13 @@ def render(p: LinePlot) -> str:
         y = y_of(p.ref_y)
         out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#cf222e" '
                    f'stroke-dasharray="4 3"/>')
-    every = max(1, math.ceil(n / 10))
+    every = max(1, math.ceil(n / MAX_X_LABELS))
     for i, label in enumerate(p.x_labels):
-        if i % every == 0 or i == n - 1:
+        if (n - 1 - i) % every == 0:  # counted from the newest run, which is always labelled
+            lines = "".join(f'<tspan x="{x_of(i):.1f}" dy="{0 if k == 0 else 12}">{escape(t)}</tspan>'
+                            for k, t in enumerate(label.split("\n")))  # "\n" in a label: a second line
             out.append(f'<text x="{x_of(i):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle" '
-                       f'class="tick">{escape(label)}</text>')
+                       f'class="tick">{lines}</text>')
     if p.y_label:
         out.append(f'<text x="12" y="{TOP + ph / 2:.1f}" transform="rotate(-90 12 {TOP + ph / 2:.1f})" '
                    f'text-anchor="middle" class="tick">{escape(p.y_label)}</text>')
