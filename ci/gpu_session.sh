@@ -10,7 +10,10 @@
 #   torch    torch_grouped_mm + torch_scaled_grouped_mm, every property (gpu profile)
 #   triton   vllm_triton_{bf16,fp8_*,int8_w8a8}: the numerics, the edges on lines of their own
 #   wna16 modular cutlass marlin ogs lora routers   the other vLLM families
-#   findings the case files under docs/findings replayed on this GPU
+#   recheck  vllm_triton_bf16, _fp8_tensor_static, vllm_modular_triton again (after a record fix)
+#   epscale  ci/vllm_ep_scale.py on the open fp8_tensor EP finding
+#   ogsgrid  ci/shape_grid.py over the hidden sizes matmul_ogs takes ($OGS_H x $OGS_I)
+#   findings the case files under docs/findings replayed on this GPU (open/ ones must still fail)
 #   power    ci/power.py on CUDA (the planted bugs' kill rates at the gpu profile's shapes)
 #   replay   every failing or crashed row's printed repro command, run as printed (first $REPLAYS)
 #   grid     ci/shape_grid.py over small H x I for the backends whose limits are in question (ogs, marlin,
@@ -64,6 +67,14 @@ one_phase() {
     ogs) suite ogs --backend 'vllm_ogs_*' ;;
     lora) suite lora --backend 'vllm_lora_*' ;;
     routers) suite routers --backend vllm_fused_topk --backend vllm_grouped_topk ;;
+    recheck) suite recheck --backend vllm_triton_bf16 --backend vllm_triton_fp8_tensor_static --backend vllm_modular_triton ;;
+    epscale)  # does fused_experts' output depend on memory it never wrote? (docs/findings/h200-2026-12-02)
+      for f in docs/findings/h200-2026-12-02/open/vllm_triton_fp8_tensor-*.json; do
+        timeout ${EPSCALE_S:-200} python3 -m moecheck.ci.vllm_ep_scale "$f" >> "$W/epscale.txt" 2>&1; echo "epscale $(basename "$f") rc=$?" | tee -a "$W/epscale.txt"
+      done ;;
+    ogsgrid)
+      grid vllm_ogs_mxfp4 mxfp4_bf16 ${OGS_H:-64,128,192,224,256,2880} ${OGS_I:-128} --tokens 7 --activation swigluoai
+      sort -u "$W/grid.txt" | grep -v '^$' | cut -c1-220 ;;
     grid)
       grid vllm_ogs_mxfp4 mxfp4_bf16 64,128,256,512 64,128,256,512 --tokens 1,33 --activation swigluoai &
       grid vllm_marlin_int4_gptq int4_w_g128 128,256,512 64,128,256 --tokens 1,33 &
@@ -71,7 +82,7 @@ one_phase() {
       grid vllm_triton_fp8_block fp8_block 64,96,128,256 128,256 --tokens 1,33 &
       wait; sort -u "$W/grid.txt" | grep -v '^$' | cut -c1-220 ;;
     findings)
-      timeout ${FINDINGS_S:-200} python3 -m pytest -p no:cacheprovider -p no:xdist -q -rA tests/backends/test_findings.py \
+      timeout ${FINDINGS_S:-200} python3 -m pytest -p no:cacheprovider -n ${FINDINGS_N:-4} -q -rA tests/backends/test_findings.py \
         > "$W/findings.log" 2>&1; echo "findings rc=$?"; grep -cE '^PASSED' "$W/findings.log" ;;
     power)
       timeout ${POWER_S:-300} python3 -m moecheck.ci.power --device cuda --examples ${POWER_EX:-40} --out "$W/power.json" \
@@ -98,11 +109,12 @@ EOF
       cat "$W/replays.txt" ;;
     pack)
       {
-        for d in one torch triton wna16 modular cutlass marlin ogs lora routers; do
+        for d in one torch triton recheck wna16 modular cutlass marlin ogs lora routers; do
           [ -f "$W/$d/results.jsonl" ] || continue
           echo "== $d"; timeout 60 $MC report "$W/$d" 2>&1 | cut -c1-400
         done
         [ -f "$W/power.txt" ] && { echo "== power (cuda)"; cat "$W/power.txt"; }
+        [ -f "$W/epscale.txt" ] && { echo "== epscale"; cat "$W/epscale.txt"; }
         [ -f "$W/replays.txt" ] && { echo "== replays"; cat "$W/replays.txt"; }
         [ -f "$W/findings.log" ] && { echo "== findings"; tail -n 30 "$W/findings.log"; }
         [ -f "$W/grid.txt" ] && { echo "== grid"; sort -u "$W/grid.txt" | cut -c1-220; }

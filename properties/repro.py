@@ -49,15 +49,16 @@ def load_case(path: str) -> Case:
     return Case.from_json(p.read_text())
 
 
-def replay(case: Case) -> tuple[str, str]:
-    """Run the case's property once; returns (verdict, message)."""
+def replay(case: Case, claimed: bool = True) -> tuple[str, str]:
+    """Run the case's property once; returns (verdict, message). claimed=False runs it even where the
+    record no longer claims the case: an open finding whose limit the record now states."""
     from moecheck.properties.checks import check
 
     b = registry.get(case.backend)
     av = b.availability()
     if not av.ok:
         return "skip", f"backend {case.backend} unavailable here: {av.reason}"
-    why = b.capability.unsupported(_probe(case, b))
+    why = b.capability.unsupported(_probe(case, b)) if claimed else None
     if why:
         return "skip", f"backend {case.backend} does not support this case: {why}"
     out = check(b, case, av.device)
@@ -91,7 +92,7 @@ def _child() -> None:
     job = json.loads(sys.stdin.read())
     try:
         registry.load_all(tuple(job["plugins"]))
-        verdict, msg = replay(Case.from_json(job["case"]))
+        verdict, msg = replay(Case.from_json(job["case"]), job.get("claimed", True))
         res = {"verdict": verdict, "message": msg}
     except MoecheckError as e:
         res = {"error": str(e)}
@@ -99,12 +100,13 @@ def _child() -> None:
     print("\n" + json.dumps(res), flush=True)
 
 
-def replay_isolated(case: Case, plugins: tuple[str, ...] = (), timeout: float | None = None) -> tuple[str, str]:
+def replay_isolated(case: Case, plugins: tuple[str, ...] = (), timeout: float | None = None,
+                    claimed: bool = True) -> tuple[str, str]:
     """replay() in a child process: a segfault, abort or hang there is ('crashed', why)."""
     from moecheck.properties.isolation import timeout_s
 
     timeout = timeout_s() if timeout is None else timeout
-    job = json.dumps({"case": case.to_json(), "plugins": list(plugins)})
+    job = json.dumps({"case": case.to_json(), "plugins": list(plugins), "claimed": claimed})
     try:
         r = subprocess.run([sys.executable, "-c", _CHILD], input=job, capture_output=True, text=True,
                            timeout=timeout if timeout > 0 else None)

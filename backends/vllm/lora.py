@@ -40,7 +40,7 @@ from moecheck.backends.vllm.versions import VllmBackend, vmod
 from moecheck.reference.errmodel.table import BF16_LORA_SHRINK
 from moecheck.reference.errors import require
 from moecheck.reference.lora import MoELoRA
-from moecheck.reference.moe import ACT, Rounding
+from moecheck.reference.moe import ACT
 
 PUNICA_GPU = "vllm.lora.punica_wrapper.punica_gpu"
 LORA_META = "vllm.lora.ops.triton_ops.lora_kernel_metadata"

@@ -27,6 +27,8 @@ from moecheck.backends.problem import MoEProblem
 from moecheck.backends.vllm.triton_fused import (
     CONFIG,
     FP8_ARCHS,
+    LIM_EP_SCALE,
+    LIM_PER_TENSOR,
     PATHS,
     TRITON_ROUNDING,
     VLLM_ACTIVATION,
@@ -185,17 +187,27 @@ LIM_WS = Limitation("output is a fresh tensor; the experts write a view of vLLM'
 _DT = frozenset({torch.bfloat16, torch.float16})
 
 BACKENDS = [
-    VllmModularTriton(
-        name="vllm_modular_triton",
-        description="FusedMoEKernel(MoEPrepareAndFinalizeNoDPEPModular, TritonExperts): the modular path",
+    *(VllmModularTriton(
+        name=name, description=f"FusedMoEKernel(MoEPrepareAndFinalizeNoDPEPModular, TritonExperts): the modular path{what}",
         capability=Capability(
-            formats=frozenset({"bf16", "fp16", "fp8_tensor", "fp8_token_channel", "fp8_block", "int8_w8a8"}),
-            dtypes=_DT, archs=FP8_ARCHS, activations=frozenset(VLLM_ACTIVATION), expert_map=True, bias=True,
+            formats=frozenset(formats), dtypes=_DT, archs=FP8_ARCHS, activations=frozenset(VLLM_ACTIVATION),
+            expert_map=ep, bias=True, hidden_align=align, inter_align=align,
             min_tokens=MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",), numerics=VLLM_NUMERICS, tiny_values=False,
             forwards=APPLY_FORWARDS | frozenset(PATHS),  # build_quant_config maps every PATHS format
             limitations=(LIM_WS, Limitation(
-                "archs are the fp8 formats' (Triton fp8 dot, sm_89+); bf16/int8 would also run on sm_80"))),
-        spies=(*composition_spies(TRITON_EXPERTS, "invoke_fused_moe_triton_kernel"), "vllm._custom_ops:moe_sum")),
+                "archs are the fp8 formats' (Triton fp8 dot, sm_89+); bf16/int8 would also run on sm_80"), *lims)),
+        spies=(*composition_spies(TRITON_EXPERTS, "invoke_fused_moe_triton_kernel"), "vllm._custom_ops:moe_sum"))
+      # one record per format family where the limits differ: what fp8_block or dynamic fp8_tensor cannot
+      # take must not narrow what the others are tested on
+      for name, what, formats, ep, align, lims in (
+          ("vllm_modular_triton", "", {"bf16", "fp16", "fp8_token_channel", "int8_w8a8"}, True, 1, ()),
+          ("vllm_modular_triton_fp8_tensor", ", dynamic per-tensor FP8", {"fp8_tensor"}, False, 1,
+           (LIM_PER_TENSOR, LIM_EP_SCALE)),
+          ("vllm_modular_triton_fp8_block", ", FP8 128x128 blocks", {"fp8_block"}, True, 128, (Limitation(
+              "hidden and intermediate multiples of 128: per_token_group_quant_fp8 asserts the last dimension "
+              "divisible by group_size 128 (H200 2026-12-02: 'the last dimension of `x` 2022 must be divisible "
+              "by `group_size` 128')"),)),
+      )),
     VllmModularOcpMx(
         name="vllm_modular_ocp_mx_emul",
         description="FusedMoEKernel + OCP_MXQuantizationEmulationTritonExperts (MXFP4 weights, bf16 compute)",

@@ -9,7 +9,13 @@ import pytest
 from moecheck.backends import registry
 from moecheck.backends.base import Capability
 from moecheck.ci.cli import main
-from moecheck.properties.audit import OUTCOMES, AuditRow, audit_backend, classify, exit_code
+from moecheck.properties.audit import (
+    OUTCOMES,
+    AuditRow,
+    audit_backend,
+    classify,
+    exit_code,
+)
 from moecheck.properties.harness import BackendRaised, ContractBroken
 from moecheck.reference.errors import MoecheckError
 from moecheck.tests.properties import audit_toys

@@ -16,10 +16,9 @@ import torch
 from moecheck.backends.vllm.lora import LORA_ROUNDING
 from moecheck.backends.vllm.triton_fused import GATE_STORED, TRITON_ROUNDING
 from moecheck.properties.case import Case, build
-from moecheck.reference.activations import ACTIVATIONS
+from moecheck.reference.activations import ACTIVATIONS, join_gate_up
 from moecheck.reference.activations import apply as act_apply
-from moecheck.reference.activations import join_gate_up
-from moecheck.reference.lora import lora_w13_delta, lora_w2_delta
+from moecheck.reference.lora import lora_w2_delta, lora_w13_delta
 from moecheck.reference.moe import ACT
 
 
