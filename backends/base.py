@@ -59,6 +59,7 @@ class Capability:
     kind: str = "moe"  # "moe": run() computes the layer; "router": route() computes top-k ids and weights
     routers: frozenset[str] = frozenset()  # router kinds (reference/routing.py) it computes itself from logits
     routed_scaling: bool = True  # its router applies routed_scaling_factor (else only 1.0 is drawn)
+    min_group_experts: int = 1  # grouped routers: fewest experts per group it routes correctly
     # unclaimed formats, FEATURES, router kinds or "routed_scaling" that prepare/run/route still hand to the
     # library: the audit probes only what the adapter passes on (a claim is passed on by definition)
     forwards: frozenset[str] = frozenset()
@@ -104,6 +105,8 @@ class Capability:
             (p.tokens >= self.min_tokens, f"fewer than {self.min_tokens} tokens"),
             (self.max_experts is None or p.experts <= self.max_experts, f"more than {self.max_experts} experts"),
             (self.max_top_k is None or p.top_k <= self.max_top_k, f"top_k above {self.max_top_k}"),
+            (p.router is None or p.router.n_group <= 1 or p.experts // p.router.n_group >= self.min_group_experts,
+             f"fewer than {self.min_group_experts} experts per router group"),
         ]
         return next((why for ok, why in checks if not ok), None)
 

@@ -110,7 +110,8 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
     e_min = 2 if edge in ("more_experts_than_tokens", "expert_with_no_rows") else 1
     routing = draw(_router(cap, e_max)) if prop in ROUTING_PROPERTIES else {}
     if routing.get("n_group", 1) > 1:  # experts in whole groups
-        experts = routing["n_group"] * draw(st.integers(1, max(1, e_max // routing["n_group"])))
+        per_lo = cap.min_group_experts
+        experts = routing["n_group"] * draw(st.integers(per_lo, max(per_lo, e_max // routing["n_group"])))
     else:
         experts = draw(st.integers(min(e_min, e_max), e_max))
     ep_remote = draw(st.integers(0, experts - 1)) if cap.expert_map and experts > 1 and draw(st.booleans()) else 0

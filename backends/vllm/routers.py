@@ -55,6 +55,10 @@ BACKENDS = [
         name="vllm_grouped_topk", description="vLLM fused_grouped_topk: DeepSeek-V3 grouped, bias-corrected top-k",
         capability=Capability(formats=frozenset({"bf16"}), kind="router", numerics=(FAST_ACT_FN,), routers=frozenset({"deepseek_v3"}),
                               max_top_k=32, requires=("vllm",),
-                              limitations=(Limitation("the fused op takes num_expert_group <= 32, topk <= 32", _SRC),)),
+                              min_group_experts=2,
+                              limitations=(Limitation("the fused op takes num_expert_group <= 32, topk <= 32", _SRC), Limitation(
+                                  "groups of one expert: the fused op picks wrong experts (H200 2026-12-02: 56 of 64 tokens "
+                                  "at E=4, n_group=4; E=8, 16, 256 pass); the torch grouped_topk ranks groups by their top-2 "
+                                  "sum, which a group of one cannot give: open finding, docs/findings/h200-2026-12-02"),)),
         spies=(f"{GROUPED}:fused_grouped_topk",)),
 ]
