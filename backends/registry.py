@@ -58,7 +58,7 @@ def _load_module(mod: str) -> None:
     try:
         try:
             m = importlib.import_module(mod)
-        except Exception as e:  # a broken plugin must show up, with why, not vanish
+        except (Exception, SystemExit) as e:  # a broken plugin must show up, with why, not vanish (nor exit us)
             _LOAD_ERRORS[mod] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
             register(_Broken(f"plugin:{mod}", f"import failed: {_LOAD_ERRORS[mod]}"))
             return

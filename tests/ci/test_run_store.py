@@ -55,6 +55,12 @@ def test_unknown_property_is_one_line_exit_2(tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown property 'matches_refrence'" in res.stderr
 
 
-def test_selection_that_matches_nothing_fails(tmp_path):
+def test_unknown_backend_is_usage_error_before_any_work(tmp_path):
     res = _run(tmp_path, "--backend", "no_such_backend")
-    assert res.returncode == 1 and "no property test was executed" in res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown backend 'no_such_backend'" in res.stderr
+    assert not (tmp_path / "rep").exists()  # nothing claimed, nothing run
+
+
+def test_known_names_that_select_no_test_are_a_usage_error(tmp_path):
+    res = _run(tmp_path, "--backend", "cpu_router", "--format", "nvfp4")  # a router backend has no nvfp4
+    assert res.returncode == 2 and "matches no test" in res.stderr and "Traceback" not in res.stdout + res.stderr
