@@ -32,6 +32,13 @@ def read_rows(path: Path) -> tuple[list[dict], int]:
     return rows, bad
 
 
+def align(rows: list[tuple[str, ...]], gap: str = "  ") -> list[str]:
+    """Rows as lines, each column but the last padded to its longest cell (a long name shifts the
+    columns after it, never into them)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return [gap.join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+
+
 def _first(text: str, n: int = 160) -> str:
     line = " ".join(str(text or "").split())
     return line if len(line) <= n else line[: n - 3] + "..."
