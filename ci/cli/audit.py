@@ -19,6 +19,6 @@ def _audit(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("audit", help="try what each record says is unsupported")
-    p.add_argument("--backend", action="append", default=[])
-    p.add_argument("--plugin", action="append", default=[])
+    p.add_argument("--backend", action="append", default=[], help="only this backend (repeatable; default: every backend)")
+    p.add_argument("--plugin", action="append", default=[], help="module defining extra backends (repeatable)")
     p.set_defaults(fn=_audit)
