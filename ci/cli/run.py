@@ -146,13 +146,23 @@ def _report(args) -> int:
     if not path.is_file():
         raise MoecheckError(f"no results at {path}")
     rows, bad = table.read_rows(path)
+    if bad and not rows:
+        raise MoecheckError(f"no readable result in {path}: all {bad} line(s) are cut or not result rows")
     if bad:
         print(f"moecheck report: {bad} unreadable line(s) in {path} skipped (a run killed mid-write)", file=sys.stderr)
     meta_path = report / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"wall_s": _span(rows), "interrupted": True,
-                                                                            "signal": "no run.json: still running or killed"}
+    meta = _meta(meta_path) or {"wall_s": _span(rows), "interrupted": True, "signal": "no run.json: still running or killed"}
     _print(rows, report, meta)
     return 1 if any(r["outcome"] in table.BAD for r in rows) else 0
+
+
+def _meta(path: Path) -> dict | None:
+    """run.json, or None if missing or unreadable (written last: a killed run may leave it cut)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("wall_s"), (int, float)) else None
 
 
 def _span(rows: list[dict]) -> float:
