@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 from moecheck.ci.results import bridge
@@ -37,10 +38,12 @@ def _run(tmp_path, *args):
 
 
 def test_run_with_store_records_every_selected_test(tmp_path):
-    store = tmp_path / "s.sqlite"
+    store, junit = tmp_path / "s.sqlite", tmp_path / "junit.xml"
     res = _run(tmp_path, "--backend", "cpu_loop", "--format", "bf16", "--property", "matches_reference",
-               "--property", "kernel_ran", "--store", str(store))
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+               "--property", "kernel_ran", "--store", str(store), "--require", "--junitxml", str(junit))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]  # --require: cpu_loop runs everywhere
+    cases = [c.get("name") for c in ET.parse(junit).iter("testcase")]
+    assert "test_property[cpu_loop-bf16-kernel_ran]" in cases and "test_property[cpu_loop-bf16-matches_reference]" in cases
     with ResultStore(store, create=False) as s:
         (run,) = s.runs()
         cases = s.cases(run.run_id)
