@@ -22,12 +22,12 @@ RAISES = "moecheck.tests.ci.plugin_raises"
 USAGE, ABORT, SKIP = exitcodes.USAGE.value, exitcodes.ABORT.value, exitcodes.CANNOT_RUN.value
 
 
-def moecheck(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+def moecheck(*argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MOECHECK_MAX_EXAMPLES="1", MOECHECK_PROFILE="dev")
     for var in ("PYTEST_XDIST_WORKER", "MOECHECK_PLUGINS", "MOECHECK_TRACEBACK"):
         env.pop(var, None)
     return subprocess.run([sys.executable, "-m", "moecheck.ci.cli", *argv], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+                          env=env, timeout=300)
 
 
 def one_line(res: subprocess.CompletedProcess) -> str:
