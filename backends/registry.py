@@ -12,7 +12,7 @@ import os
 from importlib.metadata import entry_points
 
 from moecheck.backends.base import Availability, Backend, Capability
-from moecheck.reference.errors import require
+from moecheck.reference.errors import require, unknown
 
 ENTRY_POINT_GROUP = "moecheck.backends"
 ENV_VAR = "MOECHECK_PLUGINS"
@@ -22,6 +22,7 @@ BUILTIN_MODULES = ("moecheck.backends.cpu_loop", "moecheck.backends.cpu_router",
 _REGISTRY: dict[str, Backend] = {}
 _ORIGIN: dict[str, str] = {}  # backend name -> the module that registered it
 _LOADED: set[str] = set()
+_LOAD_ERRORS: dict[str, str] = {}  # plugin module -> "ExcType: first line" of why its import failed
 _LOADING: list[str] = []  # modules being imported by _load_module, innermost last
 
 
@@ -57,14 +58,25 @@ def _load_module(mod: str) -> None:
     try:
         try:
             m = importlib.import_module(mod)
-        except Exception as e:  # a broken plugin must show up, with why, not vanish
-            register(_Broken(f"plugin:{mod}", f"import failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        except (Exception, SystemExit) as e:  # a broken plugin must show up, with why, not vanish (nor exit us)
+            _LOAD_ERRORS[mod] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            register(_Broken(f"plugin:{mod}", f"import failed: {_LOAD_ERRORS[mod]}"))
             return
         for b in getattr(m, "BACKENDS", ()):
             if b.name not in _REGISTRY:
                 register(b)
     finally:
         _LOADING.pop()
+
+
+def load_error(mod: str) -> str | None:
+    """Why plugin module `mod` did not import ("ModuleNotFoundError: ..."), None if it did (or was not tried)."""
+    return _LOAD_ERRORS.get(mod)
+
+
+def backends_of(mod: str) -> list[str]:
+    """The backends plugin module `mod` (or a submodule of it) registered."""
+    return sorted(n for n, o in _ORIGIN.items() if (o == mod or o.startswith(mod + ".")) and not n.startswith("plugin:"))
 
 
 def plugin_modules(extra: tuple[str, ...] = ()) -> list[str]:
@@ -91,5 +103,6 @@ def suite(extra: tuple[str, ...] = ()) -> dict[str, Backend]:
 
 def get(name: str) -> Backend:
     load_all()
-    require(name in _REGISTRY, f"unknown backend {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    if name not in _REGISTRY:
+        raise unknown("backend", name, _REGISTRY)
     return _REGISTRY[name]

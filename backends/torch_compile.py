@@ -7,6 +7,8 @@ structure (dense masked vs sorted-grouped) and in who generates the kernels.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from moecheck.backends.base import Backend, Capability, Limitation
 from moecheck.backends.dispatch import scaled_input
@@ -37,7 +39,15 @@ def dense_moe(x, w13, w2, dense_w, act_spec, act_q, a1, a2, b13, b2):
     return (o * dense_w.T[..., None]).sum(0)
 
 
-_compiled = torch.compile(dense_moe, dynamic=True)
+@functools.cache
+def _compiler():
+    return torch.compile(dense_moe, dynamic=True)
+
+
+def _compiled(*args):
+    """dense_moe under torch.compile, built on first use: torch.compile imports Dynamo and Inductor
+    (seconds), which every process that only lists backends (the CLI) would otherwise pay."""
+    return _compiler()(*args)
 
 
 class TorchCompile(Backend):

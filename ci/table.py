@@ -12,6 +12,7 @@ from pathlib import Path
 COLUMNS = (("pass", "passed"), ("fail", "failed"), ("crash", "crashed"), ("error", "error"),
            ("refused", "refused"), ("skip", "skipped"))
 BAD = ("failed", "crashed", "error")
+KEYS = ("backend", "format", "property", "outcome")  # a row without these (as strings) is unreadable
 
 
 def read_rows(path: Path) -> tuple[list[dict], int]:
@@ -25,11 +26,18 @@ def read_rows(path: Path) -> tuple[list[dict], int]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(row, dict) and {"backend", "format", "property", "outcome"} <= set(row):
+        if isinstance(row, dict) and all(isinstance(row.get(k), str) for k in KEYS):
             rows.append(row)
         else:
             bad += 1
     return rows, bad
+
+
+def align(rows: list[tuple[str, ...]], gap: str = "  ") -> list[str]:
+    """Rows as lines, each column but the last padded to its longest cell (a long name shifts the
+    columns after it, never into them)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return [gap.join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
 
 
 def _first(text: str, n: int = 160) -> str:
@@ -98,7 +106,13 @@ def health(report: Path) -> str:
     path = report / "health.jsonl"
     if not path.is_file():
         return ""
-    probes = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    probes = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            probes.append(json.loads(line))
+        except json.JSONDecodeError:  # a worker killed mid-write: that probe is lost, not the report
+            continue
+    probes = [p for p in probes if isinstance(p, dict)]
     bad = [p for p in probes if not p.get("ok")]
     return (f"device health after crashes: {len(probes) - len(bad)} of {len(probes)} probes ok"
             + "".join(f"\n  worker {p.get('worker')}: {p.get('why')}" for p in bad))

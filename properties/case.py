@@ -6,11 +6,12 @@ choices, and a failure is replayed exactly from its JSON on any machine with the
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from moecheck.backends.problem import MoEProblem
-from moecheck.reference.errors import MoecheckError, require
+from moecheck.reference.errors import MoecheckError, did_you_mean, require
 from moecheck.reference.formats import get_format
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.padding import pad_bias13, pad_hidden, pad_w2, pad_w13
@@ -20,6 +21,33 @@ from moecheck.reference.routing import RouterSpec, route
 ROUTINGS = ("softmax", "skewed", "one_expert", "empty_experts")
 VALUES = ("normal", "outliers", "tiny", "boundary")
 ROUTER_LOGITS = ("normal", "ties", "negative", "wide")  # logits a routing backend sees (Case.router set)
+DTYPES = ("bfloat16", "float16")
+# JSON type of each field's annotation: bool is an int in Python, and "no" is truthy, so both are checked
+_TYPES = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+_MIN = {"tokens": 0, "hidden": 1, "inter": 1, "experts": 1, "top_k": 1, "lora_adapters": 0, "lora_rank": 1,
+        "ep_remote": 0, "seed": 0, "n_group": 1, "topk_group": 1}
+
+
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _field(name: str, value: object, ok: bool, allowed: str, hint: str = "") -> None:
+    if not ok:
+        try:
+            shown = json.dumps(value)
+        except (TypeError, ValueError):
+            shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise MoecheckError(f"case field {name} must be {allowed}, got {shown}{hint}")
 
 
 @dataclass(frozen=True)
@@ -60,10 +88,11 @@ class Case:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise MoecheckError(f"case is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        require(isinstance(d, dict), "case JSON must be an object")
-        known = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - known)
-        require(not extra, f"unknown case fields: {', '.join(extra)}")
+        require(isinstance(d, dict), f"case JSON must be an object, got {type(d).__name__}")
+        known = [f.name for f in fields(cls)]
+        extra = sorted(set(d) - set(known))
+        if extra:
+            raise MoecheckError(f"unknown case field {extra[0]!r}{did_you_mean(extra[0], known)}; known: {', '.join(known)}")
         c = cls(**d)
         c.validate()
         return c
@@ -72,23 +101,35 @@ class Case:
         return replace(self, **kw)
 
     def validate(self) -> None:
-        for name in ("tokens", "hidden", "inter", "experts", "top_k", "lora_rank"):
+        """Every field of its JSON type (true/false, integers, not strings or bools) and range: one line
+        naming the field, the value and what is allowed."""
+        from moecheck.properties.checks import PROPERTIES  # checks imports this module
+        from moecheck.reference.activations import ACTIVATIONS
+        from moecheck.reference.formats import FORMATS
+        from moecheck.reference.routing import ROUTER_KINDS
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            _field(f.name, v, _TYPES[f.type][0](v), _TYPES[f.type][1])
+        for name, lo in _MIN.items():
+            _field(name, getattr(self, name), getattr(self, name) >= lo, f"an integer >= {lo}")
+        _field("seed", self.seed, self.seed < 2**63, "an integer in [0, 2**63)")
+        _field("top_k", self.top_k, self.top_k <= self.experts, f"an integer in [1, experts={self.experts}]")
+        _field("ep_remote", self.ep_remote, self.ep_remote < self.experts, f"an integer in [0, experts={self.experts})")
+        _field("routed_scaling", self.routed_scaling, _finite(self.routed_scaling) and self.routed_scaling > 0,
+               "a finite number > 0")
+        _field("topk_group", self.topk_group, self.topk_group <= self.n_group, f"an integer in [1, n_group={self.n_group}]")
+        for name, allowed in (("property", PROPERTIES), ("format", FORMATS), ("activation", ACTIVATIONS),
+                              ("routing", ROUTINGS), ("values", VALUES), ("dtype", DTYPES),
+                              ("router", ("", *ROUTER_KINDS)), ("router_logits", ROUTER_LOGITS)):
             v = getattr(self, name)
-            require(isinstance(v, int) and v >= (0 if name == "tokens" else 1), f"case field {name} must be an integer >= {0 if name == 'tokens' else 1}, got {v!r}")
-        require(self.top_k <= self.experts - self.ep_remote or self.experts - self.ep_remote >= 1, "case needs at least one local expert")
-        require(self.top_k <= self.experts, f"top_k {self.top_k} exceeds experts {self.experts}")
-        require(self.routing in ROUTINGS, f"routing must be one of {ROUTINGS}, got {self.routing!r}")
-        require(self.values in VALUES, f"values must be one of {VALUES}, got {self.values!r}")
-        require(self.dtype in ("bfloat16", "float16"), f"dtype must be bfloat16 or float16, got {self.dtype!r}")
-        require(0 <= self.ep_remote < self.experts, f"ep_remote must be in [0, experts), got {self.ep_remote}")
-        require(not self.weights_on_input or self.top_k == 1, "weights_on_input needs top_k == 1")
-        require(self.router_logits in ROUTER_LOGITS, f"router_logits must be one of {ROUTER_LOGITS}, got {self.router_logits!r}")
+            _field(name, v, v in allowed, "one of " + ", ".join(json.dumps(a) for a in allowed), did_you_mean(v, allowed))
+        require(not self.weights_on_input or self.top_k == 1, f"weights_on_input needs top_k == 1, got top_k={self.top_k}")
         if self.router:
             require(self.experts % self.n_group == 0, f"experts {self.experts} not divisible by n_group {self.n_group}")
             spec = self.router_spec()
             kept = spec.topk_group * (self.experts // spec.n_group)
             require(self.top_k <= kept, f"top_k {self.top_k} exceeds the {kept} experts of topk_group groups")
-        get_format(self.format)
 
     def router_spec(self) -> RouterSpec:
         """The router a routing backend must implement for this case."""
@@ -185,7 +226,6 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
     fmt = get_format(c.format)
     from moecheck.reference.activations import ACTIVATIONS
 
-    require(c.activation in ACTIVATIONS, f"unknown activation {c.activation!r}; known: {', '.join(sorted(ACTIVATIONS))}")
     act = ACTIVATIONS[c.activation]
     fmt.check_sizes(c.hidden, c.inter)
     g = torch.Generator().manual_seed(c.seed)

@@ -44,9 +44,17 @@ def repro_command(case: Case) -> str:
 
 
 def load_case(path: str) -> Case:
+    """The case of a file, through the same checks as --case JSON; MoecheckError names the file."""
     p = Path(path)
-    require(p.is_file(), f"no case file at {path}")
-    return Case.from_json(p.read_text())
+    require(p.is_file(), f"no case file at {path}" + (" (a directory)" if p.is_dir() else ""))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MoecheckError(f"cannot read case file {path}: {type(e).__name__}: {e}") from None
+    try:
+        return Case.from_json(text)
+    except MoecheckError as e:
+        raise MoecheckError(f"case file {path}: {e}") from None
 
 
 def replay(case: Case, claimed: bool = True) -> tuple[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
-from moecheck.reference.errors import require
+from moecheck.reference.errors import require, unknown
 from moecheck.reference.spec import MXScaleMode, QuantSpec, ScaleRule
 
 PER_TENSOR = (None, None)
@@ -99,5 +99,6 @@ for _mode in (MXScaleMode.RCEIL, MXScaleMode.EVEN):  # MX scale-rounding variant
 
 
 def get_format(name: str) -> Format:
-    require(name in FORMATS, f"unknown format {name!r}; known: {', '.join(sorted(FORMATS))}")
+    if name not in FORMATS:
+        raise unknown("format", name, FORMATS)
     return FORMATS[name]

@@ -88,7 +88,13 @@ def _minmax_scale(x_blocks, cd):
 _SCALE_RULES = {ScaleRule.AMAX: _amax_scale, ScaleRule.UE8M0: _ue8m0_scale, ScaleRule.MX: _mx_scale}
 
 
+def _check_spec(fn: str, spec: object) -> None:
+    require(isinstance(spec, QuantSpec), f"{fn} needs a moecheck.reference.spec.QuantSpec as spec, got {type(spec).__name__}"
+            + (" (a Format holds one per tensor: fmt.weight or fmt.act)" if hasattr(spec, "weight") else ""))
+
+
 def _check_input(x: torch.Tensor, spec: QuantSpec) -> tuple[int, int]:
+    _check_spec("quantize", spec)
     require(isinstance(x, torch.Tensor), f"quantize needs a torch.Tensor, got {type(x).__name__}")
     require(x.dtype in _FLOAT_INPUTS, f"quantize needs a float tensor (float32/bfloat16/float16/float64), got {x.dtype}")
     require(x.dim() >= 2, f"quantize needs at least 2 dims [..., rows, cols], got shape {tuple(x.shape)}")
@@ -184,6 +190,8 @@ def nvfp4_global(x: torch.Tensor) -> torch.Tensor:
 def calibrate(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """The static scale a calibration pass over `x` would store for `spec`: what the dynamic rule
     computes for the whole tensor (NVFP4: its global scale). 1.0 for an empty or all-zero x."""
+    _check_spec("calibrate", spec)
+    require(isinstance(x, torch.Tensor), f"calibrate needs a torch.Tensor, got {type(x).__name__}")
     require(spec.static, "calibrate() is for static specs")
     if spec.rule == ScaleRule.NVFP4:
         s = nvfp4_global(x) if x.numel() else torch.ones(())

@@ -25,8 +25,15 @@ from moecheck.reference.errors import MoecheckError
 COMMANDS = (backends, run, repro, audit, results, e2e, merge, durations)  # e2e and results import heavy packages only when run
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error as one line, exit 2 (the usage text is --help's); subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(exitcodes.USAGE.value, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="moecheck", description="correctness suite for MoE GPU kernels",
+    ap = _Parser(prog="moecheck", description="correctness suite for MoE GPU kernels",
                                  epilog=exitcodes.epilog())
     sub = ap.add_subparsers(dest="cmd", required=True)
     for mod in COMMANDS:

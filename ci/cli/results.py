@@ -101,6 +101,28 @@ def _record_step(store_arg: str, case_path: str, case: dict, step: BisectStep) -
         print(f"moecheck bisect-run: warning: result not recorded: {one_line(e)}", file=sys.stderr)
 
 
+def _plugin_problem(mod: str) -> tuple[int, str]:
+    """(exit code, why) for a --plugin that does not load; (0, "") if it does. No such module is a
+    typo (abort the bisect); one that exists but fails to import cannot be tested here (skip)."""
+    import importlib.util
+
+    from moecheck.ci.cli import inputs
+
+    try:
+        found = importlib.util.find_spec(mod) is not None
+    except ModuleNotFoundError:  # no parent package
+        found = False
+    except Exception:  # a parent package that fails to import: load_plugins says why
+        found = True
+    if not found:
+        return ABORT, f"cannot load plugin {mod!r}: ModuleNotFoundError: No module named {mod!r}"
+    try:
+        inputs.load_plugins([mod])
+    except Exception as e:
+        return SKIP, str(e)
+    return 0, ""
+
+
 @_guarded("bisect-run", ABORT)
 def bisect_run(args: argparse.Namespace) -> int:
     try:
@@ -111,6 +133,10 @@ def bisect_run(args: argparse.Namespace) -> int:
         from moecheck.properties.repro import replay_file
     except Exception as e:  # this checkout/environment cannot replay at all: skip the commit
         return _fail("bisect-run", f"cannot import moecheck.properties.repro.replay_file: {e}", SKIP)
+    for mod in args.plugin:  # here, before the replay's child would list it as unavailable (a skip)
+        code, why = _plugin_problem(mod)
+        if why:
+            return _fail("bisect-run", why, code)
     step = bisect_step(lambda path: replay_file(path, tuple(args.plugin)), args.case)
     print(f"moecheck bisect-run: {step.verdict} (exit {step.code}): {step.message}", file=sys.stderr)
     if args.store:

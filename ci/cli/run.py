@@ -5,10 +5,10 @@ import json
 import os
 import sys
 import time
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from moecheck.ci import table
+from moecheck.ci.cli import exitcodes
 from moecheck.reference.errors import MoecheckError
 
 SELECT_ENV = {"backend": "MOECHECK_SELECT_BACKENDS", "format": "MOECHECK_SELECT_FORMATS", "property": "MOECHECK_SELECT_PROPERTIES"}
@@ -17,13 +17,23 @@ SELECT_ENV = {"backend": "MOECHECK_SELECT_BACKENDS", "format": "MOECHECK_SELECT_
 def _select_env(args) -> dict[str, str]:
     """--backend/--format/--property as exact names or fnmatch patterns ('flashinfer_*'), read by
     the property module when it parametrizes: pytest -k would take `bf16` to mean `mxfp4_bf16` too."""
-    from moecheck.properties.checks import PROPERTIES
-
-    known = [*PROPERTIES, "pinned"]  # `pinned`: the pinned cases, each through every gating property
-    unknown = [p for p in args.property if not any(fnmatchcase(n, p) for n in known)]
-    if unknown:
-        raise MoecheckError(f"unknown property {unknown[0]!r}; known: {', '.join(known)}")
     return {env: ",".join(getattr(args, opt)) for opt, env in SELECT_ENV.items() if getattr(args, opt)}
+
+
+def _check(args) -> None:
+    """Before any work: plugins import, every name and pattern is known, --require holds (else exit 2)."""
+    from moecheck.backends import registry
+    from moecheck.ci.cli import inputs
+    from moecheck.properties.checks import PROPERTIES
+    from moecheck.reference.formats import FORMATS
+
+    inputs.load_plugins(args.plugin)
+    backends = registry.suite(tuple(args.plugin))
+    selected = inputs.match("backend", args.backend, backends)
+    inputs.match("format", args.format, FORMATS)
+    inputs.match("property", args.property, [*PROPERTIES, "pinned"])  # pinned: the pinned cases
+    if args.require:
+        inputs.require_available(selected, args.plugin, backends)
 
 
 def _pytest_cmd(args, report: Path) -> tuple[list[str], dict[str, str]]:
@@ -37,13 +47,14 @@ def _pytest_cmd(args, report: Path) -> tuple[list[str], dict[str, str]]:
         env["MOECHECK_PLUGINS"] = ",".join([*filter(None, env.get("MOECHECK_PLUGINS", "").split(",")), *args.plugin])
     if args.timeout is not None:
         env["MOECHECK_EXAMPLE_TIMEOUT"] = str(args.timeout)
+    junit = [f"--junitxml={Path(args.junitxml).resolve()}"] if args.junitxml else []
     env.update(_select_env(args))
     pkg = Path(props.__file__).resolve().parent
     # always through xdist, even for one worker: a crashed or hung kernel takes its worker down, not the run
     workers = "1" if args.workers == "0" else args.workers
     cmd = [sys.executable, "-m", "pytest", "-p", "moecheck.properties.pytest_plugin", "-p", "moecheck.ci.progress",
            "-p", "no:cacheprovider", "--import-mode=importlib", "--confcutdir", str(pkg), "--rootdir", str(pkg),
-           "-q", "-n", workers, "--max-worker-restart", str(MAX_WORKER_RESTARTS), str(pkg / "test_properties.py")]
+           "-q", "-n", workers, "--max-worker-restart", str(MAX_WORKER_RESTARTS), *junit, str(pkg / "test_properties.py")]
     return cmd, env
 
 
@@ -56,11 +67,13 @@ def _with_store(cmd: list[str], env: dict[str, str], store: str, run_id: str) ->
 
 
 MAX_WORKER_RESTARTS = 10_000  # every crash is a finding; the run goes on after each
+PYTEST_NO_TESTS = 5  # pytest's exit status when nothing was collected (0 when only empty parameter sets were)
 
 
 def _run(args) -> int:
     from moecheck.ci import suite_process
 
+    _check(args)
     claimed = suite_process.claim_report_dir(args.report, locked=not args.shard)
     report = claimed.path
     shard_lock = None
@@ -95,12 +108,20 @@ def _run(args) -> int:
             bridge.close_run(args.store, run_id, interrupted=interrupted)
             print(f"stored {len(rows)} results as run {run_id} in {args.store}" + (" (interrupted)" if interrupted else ""))
         if not rows:
-            print("moecheck run: no property test was executed (nothing selected or collection failed)", file=sys.stderr)
-            return 1
+            if interrupted:
+                print("moecheck run: interrupted before any test finished", file=sys.stderr)
+                return exitcodes.INTERRUPTED.value
+            if done.returncode in (0, PYTEST_NO_TESTS):  # known names whose combination selects nothing
+                print(f"moecheck run: the selection ({sel or 'everything'}) matches no test: "
+                      "see `moecheck backends` for each backend's formats", file=sys.stderr)
+                return exitcodes.USAGE.value
+            print(f"moecheck run: internal error: pytest exited {done.returncode} without running a test "
+                  "(collection failed; see the output above)", file=sys.stderr)
+            return exitcodes.INTERNAL.value
         _print(rows, report, meta)
         if interrupted:
-            return 130
-        return 1 if done.returncode or any(r["outcome"] in table.BAD for r in rows) else 0
+            return exitcodes.INTERRUPTED.value
+        return exitcodes.FAILED.value if done.returncode or any(r["outcome"] in table.BAD for r in rows) else exitcodes.PASS.value
     finally:
         claimed.release()
         if shard_lock is not None:
@@ -125,13 +146,23 @@ def _report(args) -> int:
     if not path.is_file():
         raise MoecheckError(f"no results at {path}")
     rows, bad = table.read_rows(path)
+    if bad and not rows:
+        raise MoecheckError(f"no readable result in {path}: all {bad} line(s) are cut or not result rows")
     if bad:
         print(f"moecheck report: {bad} unreadable line(s) in {path} skipped (a run killed mid-write)", file=sys.stderr)
     meta_path = report / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"wall_s": _span(rows), "interrupted": True,
-                                                                            "signal": "no run.json: still running or killed"}
+    meta = _meta(meta_path) or {"wall_s": _span(rows), "interrupted": True, "signal": "no run.json: still running or killed"}
     _print(rows, report, meta)
     return 1 if any(r["outcome"] in table.BAD for r in rows) else 0
+
+
+def _meta(path: Path) -> dict | None:
+    """run.json, or None if missing or unreadable (written last: a killed run may leave it cut)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("wall_s"), (int, float)) else None
 
 
 def _span(rows: list[dict]) -> float:
@@ -141,17 +172,27 @@ def _span(rows: list[dict]) -> float:
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="property suite over every available backend, then a backend x format table")
-    p.add_argument("--backend", action="append", default=[])
-    p.add_argument("--format", action="append", default=[])
-    p.add_argument("--property", action="append", default=[])
-    p.add_argument("--profile", choices=["dev", "ci", "gpu", "nightly"], default=None)
+    p.add_argument("--backend", action="append", default=[], metavar="NAME|PATTERN",
+                   help="only these backends (repeatable; exact name or fnmatch pattern such as 'vllm_*'); "
+                        "an unknown name is an error, an unavailable one a skip (see --require)")
+    p.add_argument("--format", action="append", default=[], metavar="NAME|PATTERN",
+                   help="only these formats (repeatable; exact: 'bf16' is not 'mxfp4_bf16')")
+    p.add_argument("--property", action="append", default=[], metavar="NAME|PATTERN",
+                   help="only these properties (repeatable; 'pinned': the pinned cases)")
+    p.add_argument("--require", action="store_true",
+                   help="every --backend NAME, at least one backend of each --backend PATTERN, and every backend "
+                        "of each --plugin must be available here, else exit 2 with why (default: a skip)")
+    p.add_argument("--profile", choices=["dev", "ci", "gpu", "nightly"], default=None,
+                   help="Hypothesis profile: how many examples (default: $MOECHECK_PROFILE, else ci under CI, else dev)")
     p.add_argument("-n", "--workers", default="auto", help="pytest-xdist workers (0 means 1: a worker always isolates the run)")
     p.add_argument("--report", default=None, help="report folder (default: a new moecheck-report/<time>-<pid>/, "
                    "linked as moecheck-report/latest); locked while the run lasts")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds one example may take before it is recorded as a hang (default 300; 0: none)")
     p.add_argument("--store", default=None, help="append the results to this SQLite store")
-    p.add_argument("--plugin", action="append", default=[])
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="module defining extra backends (repeatable); one that does not import is exit 2")
+    p.add_argument("--junitxml", default=None, metavar="FILE", help="also write a JUnit XML report (pytest's --junitxml)")
     p.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based), balanced by recorded durations")
     p.add_argument("--run-id", default=None, help="run id in the store (default $MOECHECK_RUN_ID, else fresh); shards share one")
     p.add_argument("--durations", default=None, metavar="FILE",

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 from moecheck.ci.results import bridge
@@ -37,10 +38,12 @@ def _run(tmp_path, *args):
 
 
 def test_run_with_store_records_every_selected_test(tmp_path):
-    store = tmp_path / "s.sqlite"
+    store, junit = tmp_path / "s.sqlite", tmp_path / "junit.xml"
     res = _run(tmp_path, "--backend", "cpu_loop", "--format", "bf16", "--property", "matches_reference",
-               "--property", "kernel_ran", "--store", str(store))
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+               "--property", "kernel_ran", "--store", str(store), "--require", "--junitxml", str(junit))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]  # --require: cpu_loop runs everywhere
+    cases = [c.get("name") for c in ET.parse(junit).iter("testcase")]
+    assert "test_property[cpu_loop-bf16-kernel_ran]" in cases and "test_property[cpu_loop-bf16-matches_reference]" in cases
     with ResultStore(store, create=False) as s:
         (run,) = s.runs()
         cases = s.cases(run.run_id)
@@ -55,6 +58,12 @@ def test_unknown_property_is_one_line_exit_2(tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown property 'matches_refrence'" in res.stderr
 
 
-def test_selection_that_matches_nothing_fails(tmp_path):
+def test_unknown_backend_is_usage_error_before_any_work(tmp_path):
     res = _run(tmp_path, "--backend", "no_such_backend")
-    assert res.returncode == 1 and "no property test was executed" in res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown backend 'no_such_backend'" in res.stderr
+    assert not (tmp_path / "rep").exists()  # nothing claimed, nothing run
+
+
+def test_known_names_that_select_no_test_are_a_usage_error(tmp_path):
+    res = _run(tmp_path, "--backend", "cpu_router", "--format", "nvfp4")  # a router backend has no nvfp4
+    assert res.returncode == 2 and "matches no test" in res.stderr and "Traceback" not in res.stdout + res.stderr

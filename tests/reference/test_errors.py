@@ -7,7 +7,7 @@ import pytest
 import torch
 from moecheck.reference.errors import MoecheckError
 from moecheck.reference.formats import get_format
-from moecheck.reference.quantize import quantize
+from moecheck.reference.quantize import calibrate, fake_quantize, quantize
 from moecheck.reference.spec import QuantSpec, ScaleRule
 
 
@@ -113,3 +113,17 @@ def test_unknown_format_and_bad_sizes():
     _raises("needs hidden size divisible by 32, got 48", get_format("mxfp8").check_sizes, 48, 64)
     _raises("needs intermediate size divisible by 16, got 8", get_format("nvfp4").check_sizes, 32, 8)
     _raises("hidden size must be >= 1, got 0", get_format("bf16").check_sizes, 0, 8)
+
+
+
+@pytest.mark.parametrize("spec, got", [(None, "NoneType"), ("fp8", "str"), (3, "int"), (get_format("fp8_tensor"), "Format")])
+def test_spec_of_wrong_type(spec, got):
+    err = _raises(f"quantize needs a moecheck.reference.spec.QuantSpec as spec, got {got}", quantize, torch.ones(2, 8), spec)
+    assert ("fmt.weight or fmt.act" in str(err)) == (got == "Format")
+    if spec is not None:  # fake_quantize takes None as "unquantized"
+        _raises(f"got {got}", fake_quantize, torch.ones(2, 8), spec)
+
+
+@pytest.mark.parametrize("spec, got", [(None, "NoneType"), ("fp8", "str")])
+def test_calibrate_spec_of_wrong_type(spec, got):
+    _raises(f"calibrate needs a moecheck.reference.spec.QuantSpec as spec, got {got}", calibrate, torch.ones(2, 8), spec)
