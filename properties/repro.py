@@ -139,11 +139,12 @@ def replay_isolated(case: Case, plugins: tuple[str, ...] = (), timeout: float | 
 EXIT = {"pass": 0, "refused": 0, "fail": 1, "crashed": 1, "skip": 125}
 
 
-def main(file: str | None, case_json: str | None, plugins: tuple[str, ...] = (), timeout: float | None = None) -> int:
+def main(file: str | None, case_json: str | None, plugins: tuple[str, ...] = (), timeout: float | None = None,
+         claimed: bool = True) -> int:
     try:
         require((file is None) != (case_json is None), "give exactly one of FILE or --case JSON")
         case = load_case(file) if file else Case.from_json(case_json)
-        verdict, msg = replay_isolated(case, plugins, timeout)
+        verdict, msg = replay_isolated(case, plugins, timeout, claimed)
     except MoecheckError as e:
         print(f"moecheck repro: {e}", file=sys.stderr, flush=True)
         return 2
