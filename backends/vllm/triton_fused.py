@@ -76,6 +76,9 @@ LIM_ROUTER_ON_INPUT = Limitation(
 LIM_WNA16_SCALES = Limitation(
     "group scales are handed over in the activation dtype (MoeWNA16Method's params_dtype; the CUDA path "
     "requires it): moecheck's fp32 scales are rounded there, charged as weight_rel in reference/errmodel/table.py")
+# what ran where: docs/findings/h200-2026-12-02/README.md
+H200_0212 = ("H200 sm_90, vLLM 0.24.0, torch 2.11 (2026-12-02): matches_reference, padded_equals_unpadded and "
+             "kernel_ran pass with 20 drawn examples each; T=0 faults (open finding)",)
 LIM_PER_TENSOR = Limitation(
     "dynamic per-tensor activation quant multiplies by 1/scale (scaled_fp8_quant); all-zero input gets scale 0",
     "docs/rounding.md section 6")
@@ -237,19 +240,22 @@ def _cap(formats, archs=None, bias=True, acts=_ACTS, limitations=(), expert_map=
 _G = (32, 64, 128)
 BACKENDS = [
     VllmTritonFused(name="vllm_triton_bf16", description="vLLM fused_experts, unquantized bf16/fp16 Triton kernel",
-                    capability=_cap({"bf16", "fp16"}), spies=SPIES),
+                    capability=_cap({"bf16", "fp16"}, verified=H200_0212),
+                    spies=SPIES),
     VllmTritonFused(name="vllm_triton_fp8_tensor",
                     description="fused_experts, FP8 e4m3 per-expert weight scale, dynamic per-tensor activations",
                     capability=_cap({"fp8_tensor"}, FP8_ARCHS, expert_map=False, limitations=(LIM_PER_TENSOR, LIM_EP_SCALE)),
                     spies=SPIES),
     VllmTritonFused(name="vllm_triton_fp8_tensor_static",
                     description="fused_experts, FP8 e4m3 per-expert weight scale, static per-tensor activation scales",
-                    capability=_cap({"fp8_tensor_static"}, FP8_ARCHS), spies=SPIES),
+                    capability=_cap({"fp8_tensor_static"}, FP8_ARCHS, verified=H200_0212),
+                    spies=SPIES),
     VllmTritonFused(name="vllm_triton_fp8_token_channel",
                     description="fused_experts, FP8 per-output-channel weights x dynamic per-token activations",
                     capability=_cap({"fp8_token_channel"}, FP8_ARCHS, limitations=(Limitation(
                         "per-token scale floored at 1/(448*512): rows with amax < 1/512 quantize differently",
-                        "docs/rounding.md section 6"),)), spies=SPIES),
+                        "docs/rounding.md section 6"),), verified=H200_0212),
+                    spies=SPIES),
     VllmTritonFused(name="vllm_triton_fp8_block",
                     description="fused_experts, DeepSeek FP8 128x128 weight blocks x 1x128 activation groups",
                     capability=_cap({"fp8_block"}, FP8_ARCHS, hidden_align=128, inter_align=128, limitations=(Limitation(
@@ -258,11 +264,12 @@ BACKENDS = [
                         "https://github.com/vllm-project/vllm/blob/v0.24.0/vllm/model_executor/layers/quantization/utils/fp8_utils.py#L595"),
                         Limitation(
                         "activation groups via per_token_group_quant_fp8: scale max(amax, 1e-10)/448; UE8M0 "
-                        "(fp8_block_ue8m0) not mapped: its Triton ue8m0 rounding is exp2(ceil(log2)) (docs/rounding.md section 6)"),)),
+                        "(fp8_block_ue8m0) not mapped: its Triton ue8m0 rounding is exp2(ceil(log2)) (docs/rounding.md section 6)"),), verified=H200_0212),
                     spies=SPIES),
     VllmTritonFused(name="vllm_triton_int8_w8a8",
                     description="fused_experts, INT8 per-channel weights x dynamic per-token INT8 activations",
-                    capability=_cap({"int8_w8a8"}), spies=SPIES),
+                    capability=_cap({"int8_w8a8"}, verified=H200_0212),
+                    spies=SPIES),
     VllmTritonFused(name="vllm_triton_int4_w4a16",
                     description="fused_experts WNA16: INT4 group-quantized weights (uint4b8, or uint4 with zero points)",
                     capability=_cap({f"int4_w_g{g}" for g in _G} | {f"int4_zp_w_g{g}" for g in _G}, bias=False,
