@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 import subprocess
 import sys
 import warnings
@@ -237,7 +238,10 @@ def test_records_are_well_formed():
         assert "vllm" in cap.requires, b.name
         assert cap.formats and cap.formats <= set(FORMATS), (b.name, cap.formats - set(FORMATS))
         assert cap.activations <= set(ACTIVATIONS), b.name
-        assert cap.verified == () and b.vllm_verified == (), b.name  # nothing verified on hardware yet
+        for note in cap.verified:  # a claim of hardware verification says where, with what, and when
+            assert re.match(r"\S+ sm_\d+, vLLM \d+\.\d+\.\d+.* \(\d{4}-\d\d-\d\d\): \S", note), (b.name, note)
+        for v in b.vllm_verified:  # a version verified is one some hardware note names
+            assert any(f"vLLM {v}" in note for note in cap.verified), (b.name, v)
         assert b.spies, b.name
         for spy in b.spies:
             mod, _, attr = spy.partition(":")
