@@ -74,7 +74,7 @@ def resolve(r: Rounding, act_dtype: torch.dtype) -> Rounding:
 class MoEResult:
     out: torch.Tensor  # [T, H] in the input dtype
     bound: torch.Tensor | None  # [T, H] fp32 allowed |backend - out|, when a budget was given
-    expected_var: torch.Tensor | None = None  # [T, H] fp32 expected (backend - out)^2 of a correct kernel
+    expected_var: torch.Tensor | None = None  # [T, H] float64 expected (backend - out)^2 of a correct kernel
 
 
 
@@ -340,7 +340,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     env = var.env + 2 * round_var(accf, out_dtype)
     exp = var.rounded(accf, out_dtype).exp
     bound = (budget.z * env.sqrt()).float() + torch.finfo(torch.float32).tiny
-    return MoEResult(out, bound, exp.float())
+    return MoEResult(out, bound, exp)  # float64: at tiny values (2^-100) its squares underflow fp32 to 0
 
 
 def _act_fn_scale(h, y, act: ActivationSpec) -> torch.Tensor:

@@ -63,3 +63,18 @@ def test_the_reference_computed_another_way_passes_all_three_at_the_realistic_si
 def test_bernstein_allowance_shrinks_with_n_and_grows_with_variance():
     assert bernstein(10_000, 0.01, 1e-9) < bernstein(100, 0.01, 1e-9)
     assert bernstein(10_000, 0.01, 1e-9) < bernstein(10_000, 0.1, 1e-9)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8_token_channel", "int4_zp_w_g128"])
+def test_the_expected_difference_survives_tiny_values(fmt):
+    """At inputs of 2^-100 (the strategies' "tiny") the expected squared difference is ~1e-62: held in
+    fp32 it flushed to 0, so the RMS verdict allowed only its chance term and failed correct kernels
+    (H100 torch_scaled_grouped_mm, H200 vllm_triton_int4_w4a16 padded cases). Scaling the input by a
+    power of two must leave each element's expected difference relative to its bound where it was."""
+    budget = budget_for(fmt)
+    p = make_problem(FORMATS[fmt], "swigluoai", seed=3, T=8, E=4, k=2)  # (up + 1) keeps the output ~2^-100
+    normal = fused_experts(**p, budget=budget)
+    tiny = fused_experts(**dict(p, hidden_states=p["hidden_states"] * 2.0**-100), budget=budget)
+    assert tiny.expected_var.dtype == torch.float64
+    lives = normal.expected_var > 0
+    assert bool(lives.any()) and bool((tiny.expected_var[lives] > 0).all())
