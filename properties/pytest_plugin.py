@@ -1,7 +1,7 @@
 """pytest options and Hypothesis profiles: the property suite's entry, loaded as
 `-p moecheck.properties.pytest_plugin` (pyproject's addopts, and `moecheck run`).
 
-Profiles: dev (quick, local), ci (CPU CI: meaningful counts, bounded time), gpu (GPU runners),
+Profiles: quick (a first try: a few minutes on 2 cores), dev (local), ci (CPU CI: meaningful counts, bounded time), gpu (GPU runners),
 nightly (long, with a persistent example database). Pick one with --hypothesis-profile NAME
 (Hypothesis' own option) or MOECHECK_PROFILE=NAME; the default is ci under CI=true, else dev.
 """
@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+settings.register_profile("quick", max_examples=3, derandomize=True, **_COMMON)  # every test once or so
 settings.register_profile("dev", max_examples=15, **_COMMON)
 settings.register_profile("ci", max_examples=10, derandomize=True, **_COMMON)  # 2-core CI: ~220 property tests
 settings.register_profile("gpu", max_examples=150, **_COMMON)

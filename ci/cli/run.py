@@ -182,7 +182,7 @@ def register(sub) -> None:
     p.add_argument("--require", action="store_true",
                    help="every --backend NAME, at least one backend of each --backend PATTERN, and every backend "
                         "of each --plugin must be available here, else exit 2 with why (default: a skip)")
-    p.add_argument("--profile", choices=["dev", "ci", "gpu", "nightly"], default=None,
+    p.add_argument("--profile", choices=["quick", "dev", "ci", "gpu", "nightly"], default=None,
                    help="Hypothesis profile: how many examples (default: $MOECHECK_PROFILE, else ci under CI, else dev)")
     p.add_argument("-n", "--workers", default="auto", help="pytest-xdist workers (0 means 1: a worker always isolates the run)")
     p.add_argument("--report", default=None, help="report folder (default: a new moecheck-report/<time>-<pid>/, "

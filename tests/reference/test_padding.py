@@ -5,6 +5,10 @@ columns/rows. With zero padding a kernel adds only exact zeros: x + 0*w = x, act
 whole zero blocks leave every other block's scale alone (per-tensor and per-row amax, the NVFP4
 global amax included). So the unpadded columns must be bit-identical for every format, and the
 padded ones exactly zero. The planted bug — [gate|up] padded as one block at the end — must not be.
+
+Bit-identical only if the GEMM's summation order does not change with K: MKL's AVX-512 sgemm orders
+a zero-padded K differently (the last fp32 bit moved on such a host, not on AVX2 ones), so here the
+reference's GEMM sums exact fp32 products in float64 and rounds once: the same on every host.
 """
 from __future__ import annotations
 
@@ -16,6 +20,21 @@ from moecheck.reference.moe import ACT_EVERYWHERE, Rounding, fused_experts
 from moecheck.reference.padding import pad_bias13, pad_hidden, pad_w2, pad_w13, round_up
 from moecheck.reference.quantize import quantize
 from moecheck.tests.reference.errmodel.dense import one_torch_thread  # noqa: F401 (autouse)
+
+
+def _order_free_mm(a, w, groups, fast):
+    cast = (lambda t: t.to(torch.bfloat16).double()) if fast else (lambda t: t.double())
+    out, s = a.new_empty(a.shape[0], w.shape[1], dtype=torch.float32), 0
+    for e, c in enumerate(groups.counts):
+        if c:
+            out[s:s + c] = (cast(a[s:s + c]) @ cast(w[e]).T).float()
+            s += c
+    return out
+
+
+@pytest.fixture(autouse=True)
+def order_free_gemm(monkeypatch):
+    monkeypatch.setattr("moecheck.reference.moe.grouped_mm", _order_free_mm)
 
 LAYOUTS = {
     "gate_up": ACTIVATIONS["silu"],
