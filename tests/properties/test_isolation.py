@@ -16,7 +16,7 @@ from hypothesis import settings
 
 PLUGIN = "moecheck.tests.properties.misbehaving"
 BACKENDS = ("mb_refuses_t0", "mb_cuda_t0", "mb_segfault", "mb_hang")
-TIMEOUT_S = 5
+TIMEOUT_S = 20  # per example: the hang waits this long; 5 s was too short for a correct example on 2 loaded cores
 
 
 @pytest.fixture(scope="module")
