@@ -81,3 +81,19 @@ def test_worker_gpu_pinning_round_robin():
     assert [pin_worker_gpu(e) for e in envs] == ["0", "1", "0", "1"]
     assert pin_worker_gpu({"PYTEST_XDIST_WORKER": "gw3", "MOECHECK_GPUS": "3", "CUDA_VISIBLE_DEVICES": ""}) == "0"
     assert pin_worker_gpu({}) is None
+
+
+def test_workers_share_the_cores_instead_of_each_taking_all():
+    import os
+
+    import torch
+    from moecheck.properties.pytest_plugin import share_cpu_threads
+
+    cores, before = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    try:
+        assert share_cpu_threads({"PYTEST_XDIST_WORKER_COUNT": str(cores)}) == 1
+        assert share_cpu_threads({"PYTEST_XDIST_WORKER_COUNT": "1"}) == cores
+        assert share_cpu_threads({"PYTEST_XDIST_WORKER_COUNT": "2", "OMP_NUM_THREADS": "4"}) is None  # the user's
+        assert share_cpu_threads({}) is None  # not an xdist worker: left alone
+    finally:
+        torch.set_num_threads(before)
