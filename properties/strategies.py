@@ -141,7 +141,9 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
                                           if str(d).replace("torch.", "") in ("bfloat16", "float16")))),
         activation=draw(st.sampled_from(acts)),
         routing="empty_experts" if edge == "expert_with_no_rows" else draw(st.sampled_from(ROUTINGS)),
-        renormalize=draw(st.booleans()), values=draw(st.sampled_from([v for v in VALUES if cap.tiny_values or v != "tiny"])), ep_remote=ep_remote,
+        # on the input (Llama4: top-1 sigmoid, not renormalized) a renormalized top-1 weight is 1.0,
+        # and a weight of 1 hides where, or how often, it is applied
+        renormalize=False if on_input else draw(st.booleans()), values=draw(st.sampled_from([v for v in VALUES if cap.tiny_values or v != "tiny"])), ep_remote=ep_remote,
         bias=cap.bias and draw(st.booleans()),
         lora_adapters=draw(st.integers(0, 3)) if lora_ok else 0, lora_rank=draw(st.sampled_from([1, 4, 8])),
         weights_on_input=on_input, seed=draw(st.integers(0, 2**31 - 1)), **routing,
