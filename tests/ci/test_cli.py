@@ -58,3 +58,19 @@ def test_history_of_empty_store(tmp_path, capsys):
     ResultStore(tmp_path / "s.sqlite").close()
     assert run("history", "--store", str(tmp_path / "s.sqlite")) == 0
     assert capsys.readouterr().out.startswith("no runs in")
+
+
+def test_stages_breaks_an_example_down_and_refuses_unknown_backends(tmp_path):
+    """ci/stages.py: per (backend, property) rows whose stages are times inside the checked total."""
+    import json as _json
+
+    import pytest as _pytest
+    from moecheck.ci import stages
+
+    out = tmp_path / "s.json"
+    stages.main(["--backend", "cpu_loop", "--property", "matches_reference", "--examples", "2", "--out", str(out)])
+    (row,) = _json.loads(out.read_text())
+    assert row["examples"] == 2 and row["verdicts"] == {"pass": 2}
+    assert 0 < row["stages_s"]["run"] <= row["check_s"] and 0 < row["stages_s"]["reference"] <= row["check_s"]
+    with _pytest.raises(SystemExit, match="unknown backend 'nosuch'"):
+        stages.main(["--backend", "nosuch"])

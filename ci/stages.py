@@ -1,0 +1,97 @@
+"""Where an example's time goes: the stages of `check()`, per (backend, property), on CPU or CUDA.
+
+    python -m moecheck.ci.stages [--backend NAME ...] [--property P ...] [--examples N] [--out FILE.json]
+
+N cases are drawn from each property's strategy first (drawing is timed on its own), then checked
+under cProfile. A stage's time is the cumulative time of the functions that make it (nested calls
+count in each stage that holds them: `run` includes its allocator flood and poison). On CUDA, the
+time a stage waits on the GPU lands where the first synchronizing call is (`.item()`, `.tolist()`,
+a host copy): the `sync` row says how much waiting there was in all.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import time
+
+from moecheck.backends import registry
+from moecheck.properties.checks import PROPERTIES, check
+from moecheck.properties.strategies import cases, fit
+
+# stage -> (module path suffix, function name) pairs whose cumulative time makes it
+STAGES = {
+    "build": [("properties/case.py", "build")],
+    "prepare": [("properties/harness.py", "prepare")],
+    "run": [("properties/harness.py", "run_backend")],
+    "flood+poison": [("properties/harness.py", "_flood_allocator"), ("properties/harness.py", "_poison_fresh"),
+                     ("properties/harness.py", "poisoned")],
+    "reference": [("properties/checks.py", "_reference")],
+    "compare": [("errmodel/compare.py", "compare")],
+    "sync": [("~", "<method 'item' of 'torch._C.TensorBase' objects>"),
+             ("~", "<method 'tolist' of 'torch._C.TensorBase' objects>"),
+             ("~", "<method 'cpu' of 'torch._C.TensorBase' objects>"),
+             ("~", "<built-in method torch._C._cuda_synchronize>")],
+}
+
+
+def _stage_times(stats: pstats.Stats) -> dict[str, float]:
+    out = dict.fromkeys(STAGES, 0.0)
+    for (path, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+        for stage, keys in STAGES.items():
+            if any(name == fn and path.replace("\\", "/").endswith(suffix) or (suffix == "~" and name == fn)
+                   for suffix, fn in keys):
+                out[stage] += ct
+    return out
+
+
+def profile(backend, prop: str, n: int) -> dict:
+    av = backend.availability()
+    fmt = "bf16" if "bf16" in backend.capability.formats else sorted(backend.capability.formats)[0]
+    t0 = time.perf_counter()
+    strat = cases(backend, fmt, prop, av.device)
+    drawn = [fit(strat.example(), backend) for _ in range(n)]
+    t_draw = time.perf_counter() - t0
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    verdicts = [check(backend, c, av.device).verdict for c in drawn]
+    prof.disable()
+    total = time.perf_counter() - t0
+    st = _stage_times(pstats.Stats(prof))
+    return {"backend": backend.name, "format": fmt, "property": prop, "device": av.device, "examples": n,
+            "draw_s": t_draw, "check_s": total, "examples_per_s": n / total if total else 0.0,
+            "verdicts": {v: verdicts.count(v) for v in set(verdicts)}, "stages_s": st,
+            "mean_tokens": sum(c.tokens for c in drawn) / n, "mean_hidden": sum(c.hidden for c in drawn) / n}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", action="append", default=None, help="backend name (repeatable; default torch_grouped_mm)")
+    ap.add_argument("--property", action="append", default=None, help="property (repeatable; default all)")
+    ap.add_argument("--examples", type=int, default=10, help="drawn examples per (backend, property)")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    a = ap.parse_args(argv)
+    backends = registry.load_all()
+    rows = []
+    for name in a.backend or ["torch_grouped_mm"]:
+        if name not in backends:
+            raise SystemExit(f"moecheck stages: unknown backend {name!r}")
+        b = backends[name]
+        if not b.availability().ok:
+            print(f"{name}: unavailable here: {b.availability().reason}")
+            continue
+        for prop in a.property or sorted(n for n, p in PROPERTIES.items() if p.applies(b)):
+            rows.append(profile(b, prop, a.examples))
+            r = rows[-1]
+            share = "  ".join(f"{k} {v / r['check_s']:4.0%}" for k, v in r["stages_s"].items() if r["check_s"])
+            print(f"{name:22} {prop:24} {r['device']:4} {r['examples_per_s']:7.1f} ex/s  draw {r['draw_s']:.2f}s  "
+                  f"T~{r['mean_tokens']:.0f} H~{r['mean_hidden']:.0f}  {share}", flush=True)
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
