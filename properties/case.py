@@ -123,7 +123,8 @@ class Case:
                               ("routing", ROUTINGS), ("values", VALUES), ("dtype", DTYPES),
                               ("router", ("", *ROUTER_KINDS)), ("router_logits", ROUTER_LOGITS)):
             v = getattr(self, name)
-            _field(name, v, v in allowed, "one of " + ", ".join(json.dumps(a) for a in allowed), did_you_mean(v, allowed))
+            if v not in allowed:  # the message (and its close matches) only for a bad value: validate runs per example
+                _field(name, v, False, "one of " + ", ".join(json.dumps(a) for a in allowed), did_you_mean(v, allowed))
         require(not self.weights_on_input or self.top_k == 1, f"weights_on_input needs top_k == 1, got top_k={self.top_k}")
         if self.router:
             require(self.experts % self.n_group == 0, f"experts {self.experts} not divisible by n_group {self.n_group}")
