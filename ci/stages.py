@@ -2,8 +2,8 @@
 
     python -m moecheck.ci.stages [--backend NAME ...] [--property P ...] [--examples N] [--out FILE.json]
 
-N cases are drawn from each property's strategy first (drawing is timed on its own), then checked
-under cProfile. A stage's time is the cumulative time of the functions that make it (nested calls
+N cases are drawn from each property's strategy first (drawing is timed on its own), the first is
+checked once untimed (imports, compiles), then all are checked under cProfile. A stage's time is the cumulative time of the functions that make it (nested calls
 count in each stage that holds them: `run` includes its allocator flood and poison). On CUDA, the
 time a stage waits on the GPU lands where the first synchronizing call is (`.item()`, `.tolist()`,
 a host copy): the `sync` row says how much waiting there was in all.
@@ -53,6 +53,7 @@ def profile(backend, prop: str, n: int) -> dict:
     strat = cases(backend, fmt, prop, av.device)
     drawn = [fit(strat.example(), backend) for _ in range(n)]
     t_draw = time.perf_counter() - t0
+    check(backend, drawn[0], av.device)  # warm-up, untimed: lazy imports and first compiles are not an example's cost
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
