@@ -8,6 +8,8 @@
 #   env      nvidia-smi, versions, `moecheck backends -v` (what is available, and why not)
 #   one      one property of torch_grouped_mm: the layout's GPU scripts run from a checkout
 #   torch    torch_grouped_mm + torch_scaled_grouped_mm, every property (gpu profile)
+#   compile  torch_compile, every property (gpu profile)
+#   stages   ci/stages.py (each stage's share of a CUDA example) and ci/bench.py (examples/s, GEMM ratio)
 #   triton   vllm_triton_{bf16,fp8_*,int8_w8a8}: the numerics, the edges on lines of their own
 #   wna16 modular cutlass marlin ogs lora routers   the other vLLM families
 #   recheck  vllm_triton_bf16, _fp8_tensor_static, vllm_modular_triton again (after a record fix)
@@ -59,6 +61,13 @@ one_phase() {
       grep -E '^(torch|vllm|cpu)' "$W/backends.txt" | cut -c1-120 ;;
     one) suite one --backend torch_grouped_mm --format bf16 --property matches_reference ;;
     torch) suite torch --backend torch_grouped_mm --backend torch_scaled_grouped_mm ;;
+    compile) suite compile --backend torch_compile ;;
+    stages)  # where a CUDA example's time goes (ci/stages.py), then examples/s and the GEMM ratio (ci/bench.py)
+      timeout ${STAGES_S:-240} python3 -W ignore -m moecheck.ci.stages --backend torch_grouped_mm \
+        --backend torch_scaled_grouped_mm --examples ${STAGES_EX:-20} --out "$W/stages.json" > "$W/stages.txt" 2>&1
+      echo "stages rc=$?"
+      timeout ${BENCH_S:-240} python3 -W ignore -m moecheck.ci.bench --examples ${BENCH_EX:-10} --out "$W/bench.json" \
+        > "$W/bench.txt" 2>&1; echo "bench rc=$?" ;;
     triton) suite triton --backend vllm_triton_bf16 --backend 'vllm_triton_fp8_*' --backend vllm_triton_int8_w8a8 ;;
     wna16) suite wna16 --backend 'vllm_triton_int*_w*a16' ;;
     modular) suite modular --backend 'vllm_modular_*' ;;
@@ -109,11 +118,13 @@ EOF
       cat "$W/replays.txt" ;;
     pack)
       {
-        for d in one torch triton recheck wna16 modular cutlass marlin ogs lora routers; do
+        for d in one torch compile triton recheck wna16 modular cutlass marlin ogs lora routers; do
           [ -f "$W/$d/results.jsonl" ] || continue
           echo "== $d"; timeout 60 $MC report "$W/$d" 2>&1 | cut -c1-400
         done
         [ -f "$W/power.txt" ] && { echo "== power (cuda)"; cat "$W/power.txt"; }
+        [ -f "$W/stages.txt" ] && { echo "== stages (cuda)"; grep " ex/s" "$W/stages.txt" | cut -c1-220; }
+        [ -f "$W/bench.txt" ] && { echo "== bench"; cat "$W/bench.txt"; }
         [ -f "$W/epscale.txt" ] && { echo "== epscale"; cat "$W/epscale.txt"; }
         [ -f "$W/replays.txt" ] && { echo "== replays"; cat "$W/replays.txt"; }
         [ -f "$W/findings.log" ] && { echo "== findings"; tail -n 30 "$W/findings.log"; }
