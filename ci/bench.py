@@ -1,14 +1,15 @@
 """Benchmarks (not timed tests): reference MoE vs torch._grouped_mm, and examples/s per property.
 
-    python -m moecheck.ci.bench [--out FILE] [--examples N]
-Writes JSON; prints a short table. Timing: CUDA events via torch.utils.benchmark-style median of
-repeats after warm-up; on CPU, perf_counter.
+    python -m moecheck.ci.bench [--out FILE] [--examples N] [--store FILE [--attach latest|new]]
+(the same as `moecheck bench`, ci/cli/bench.py). Writes JSON; prints a short table; with --store the
+numbers become BenchRecords of a run (results/schema.py). Timing: CUDA events via
+torch.utils.benchmark-style median of repeats after warm-up; on CPU, perf_counter.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -80,19 +81,34 @@ def examples_per_second(n: int) -> list[dict]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="moecheck-report/bench.json")
-    ap.add_argument("--examples", type=int, default=10)
-    args = ap.parse_args()
-    res = {"gemm": gemm_vs_reference(), "properties": examples_per_second(args.examples)}
-    with open(args.out, "w") as fh:
-        json.dump(res, fh, indent=1)
+def records(res: dict) -> list:
+    """The JSON of one benchmark as store rows: one per property, and the GEMM ratio (schema.BenchRecord)."""
+    from moecheck.ci.results.schema import GEMM_RATIO, BenchRecord
+
     g = res["gemm"]
-    print(f"GEMM E={g['E']} K={g['K']} N={g['N']} rows={g['rows']} on {g['device']}: torch._grouped_mm "
-          f"{g['grouped_mm_ms']:.3f} ms ({g['grouped_mm_tflops']:.0f} TFLOP/s), reference {g['reference_ms']:.3f} ms, ratio {g['ratio']:.2f}")
+    rows = [BenchRecord(backend="reference", format="bf16", property=GEMM_RATIO, device=g["device"], ratio=g["ratio"],
+                        detail=json.dumps({k: v for k, v in g.items() if k not in ("device", "ratio")}, sort_keys=True))]
+    return rows + [BenchRecord(**r) for r in res["properties"]]
+
+
+def measure(examples: int) -> dict:
+    return {"gemm": gemm_vs_reference(), "properties": examples_per_second(examples)}
+
+
+def table(res: dict) -> str:
+    g = res["gemm"]
+    lines = [f"GEMM E={g['E']} K={g['K']} N={g['N']} rows={g['rows']} on {g['device']}: torch._grouped_mm "
+             f"{g['grouped_mm_ms']:.3f} ms ({g['grouped_mm_tflops']:.0f} TFLOP/s), reference {g['reference_ms']:.3f} ms, "
+             f"ratio {g['ratio']:.2f}"]
     for r in res["properties"]:
-        print(f"{r['backend']:24s} {r['format']:18s} {r['property']:24s} {r['device']:5s} {r['examples_per_s']:8.1f} ex/s")
+        lines.append(f"{r['backend']:24s} {r['format']:18s} {r['property']:24s} {r['device']:5s} {r['examples_per_s']:8.1f} ex/s")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from moecheck.ci.cli import main as cli_main
+
+    sys.exit(cli_main(["bench", *sys.argv[1:]]))  # one parser and one bad-input path with `moecheck bench`
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Nightly moecheck on a GPU runner: property suite, then e2e gates, then the dashboard.
-# The dashboard is written even when tests fail; the script exits with the tests' status.
+# Nightly moecheck on a GPU runner: property suite, then the benchmark (into the same run), then e2e
+# gates, then the dashboard. The dashboard is written even when tests fail; the script exits with the
+# tests' status (a benchmark failure is logged and changes nothing: it is a timing, not a test).
 # Setup, cron/systemd examples and bisecting: docs/nightly.md.
 #
 # Environment (all optional):
@@ -36,6 +37,15 @@ status=0
 # `|| status=$?` keeps set -e from stopping before the dashboard
 MOECHECK_PROFILE=nightly "${moecheck[@]}" run --store "$MOECHECK_STORE" "$@" || status=$?
 log "property suite exited $status"
+
+# right after the suite, so the newest run in the store is this night's and the numbers join it
+if "${moecheck[@]}" bench --help > /dev/null 2>&1; then
+    bench_status=0
+    "${moecheck[@]}" bench --store "$MOECHECK_STORE" --out "$(dirname "$MOECHECK_STORE")/bench.json" || bench_status=$?
+    log "benchmark exited $bench_status; test status unchanged"
+else
+    log "skipping benchmark: this moecheck has no 'bench' command"
+fi
 
 if "${moecheck[@]}" e2e --help > /dev/null 2>&1; then
     e2e_status=0

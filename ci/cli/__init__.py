@@ -12,6 +12,7 @@ import traceback
 from moecheck.ci.cli import (  # noqa: I001
     audit,
     backends,
+    bench,
     durations,
     e2e,
     exitcodes,
@@ -22,7 +23,7 @@ from moecheck.ci.cli import (  # noqa: I001
 )
 from moecheck.reference.errors import MoecheckError
 
-COMMANDS = (backends, run, repro, audit, results, e2e, merge, durations)  # e2e and results import heavy packages only when run
+COMMANDS = (backends, run, repro, audit, results, e2e, merge, durations, bench)  # e2e, results and bench import heavy packages only when run
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,7 +16,8 @@ def _line(stat) -> str:
 
 
 def report(summary) -> str:
-    lines = [f"merged into {summary.out}: {summary.added_cases} cases and {summary.added_e2e} e2e gates added"]
+    lines = [f"merged into {summary.out}: {summary.added_cases} cases, {summary.added_e2e} e2e gates and "
+             f"{summary.added_bench} benchmark rows added"]
     for rid, stats in summary.shards.items():
         lines.append(f"run {rid}: {len(stats)} input(s)")
         lines += [_line(s) for s in stats]

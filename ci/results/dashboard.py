@@ -13,6 +13,7 @@ from collections import Counter
 from html import escape
 from pathlib import Path
 
+from moecheck.ci.results.bench_view import bench_section
 from moecheck.ci.results.diff import Change, RunDiff, by_key
 from moecheck.ci.results.schema import FAILING, CaseRecord, RunRecord
 from moecheck.ci.results.store import ResultStore
@@ -42,6 +43,7 @@ code.repro {{ user-select: all; }}  /* one click selects the whole command */
 .plot figcaption {{ font-weight: 600; }} .tick {{ font-size: 11px; fill: #57606a; }}
 .legend {{ list-style: none; padding: 0; margin: 4px 0; max-width: 640px; }}
 .legend li {{ display: inline-block; margin-right: 12px; font-size: 12px; }}
+.bench td {{ vertical-align: middle; }} .spark {{ display: block; }}
 .swatch {{ display: inline-block; width: 10px; height: 10px; margin-right: 4px; }}
 """
 
@@ -216,6 +218,7 @@ def dashboard_html(store: ResultStore, *, profile: str | None = None, max_runs: 
             f'<section id="e2e"><h2>E2E gates</h2>{e2e_table(store, run)}</section>'
             f'<section id="trends"><h2>Trends over the last {len(runs)} runs</h2>'
             f"{trend_plots(store, runs[::-1])}</section>"
+            f'<section id="bench"><h2>Benchmarks</h2>{bench_section(store, max_runs)}</section>'
             f'<section id="history"><h2>Runs</h2>{history_table(store, runs)}</section>')
     return _page(body)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moecheck.ci.results.schema import (
+    BENCH_COLUMNS,
     CASE_COLUMNS,
     E2E_COLUMNS,
     RUN_COLUMNS,
@@ -32,17 +33,20 @@ MATCH = ("revision", "profile", "versions", "gpu_name", "driver")  # a run's com
 RUN_COLS = [c for _, c in RUN_COLUMNS] + ["owner_pid", "last_seen"]
 CASE_COLS = [c for _, c in CASE_COLUMNS]
 E2E_COLS = [c for _, c in E2E_COLUMNS]
+BENCH_COLS = [c for _, c in BENCH_COLUMNS]
 JOIN = {"hostname": ",", "command": " ; "}  # merged runs keep every shard's host and command
 
 
 @dataclass
 class Source:
-    """One input, as raw rows: runs as dicts, cases and e2e as tuples in CASE_COLS / E2E_COLS order."""
+    """One input, as raw rows: runs as dicts, cases, e2e and bench as tuples in CASE_COLS / E2E_COLS /
+    BENCH_COLS order."""
 
     path: Path
     runs: list[dict]
     cases: list[tuple] = field(default_factory=list)
     e2e: list[tuple] = field(default_factory=list)
+    bench: list[tuple] = field(default_factory=list)
 
 
 def _read_rows(path: Path) -> Source:
@@ -62,11 +66,12 @@ def _read_rows(path: Path) -> Source:
         runs = [dict(zip(RUN_COLS, r)) for r in conn.execute(f"SELECT {', '.join(RUN_COLS)} FROM runs ORDER BY rowid")]
         cases = conn.execute(f"SELECT {', '.join(CASE_COLS)} FROM cases ORDER BY id").fetchall()
         e2e = conn.execute(f"SELECT {', '.join(E2E_COLS)} FROM e2e ORDER BY id").fetchall()
+        bench = conn.execute(f"SELECT {', '.join(BENCH_COLS)} FROM bench ORDER BY id").fetchall()
     except sqlite3.Error as e:
         raise MoecheckError(f"shard {path}: {str(e).splitlines()[0]}") from None
     finally:
         conn.close()
-    return Source(path, runs, cases, e2e)
+    return Source(path, runs, cases, e2e, bench)
 
 
 def _read_folder(path: Path) -> Source:
@@ -164,6 +169,7 @@ class MergeSummary:
     shards: dict[str, list[ShardStat]]  # run id -> its inputs
     added_cases: int = 0
     added_e2e: int = 0
+    added_bench: int = 0
     overlap: dict[str, int] = field(default_factory=dict)  # run id -> keys reported by more than one shard
 
 
@@ -228,9 +234,9 @@ def merge(out: str | Path, inputs: list[str | Path]) -> MergeSummary:
                 conn.execute(f"UPDATE runs SET {', '.join(f'{c} = ?' for c in RUN_COLS[1:])} WHERE run_id = ?",
                              [merged[c] for c in RUN_COLS[1:]] + [rid])
         ids = list(by_run)
-        mine = [([c for c in s.cases if c[0] in by_run], [e for e in s.e2e if e[0] in by_run]) for s in sources]
-        summary.added_cases = _add_missing(conn, "cases", CASE_COLS, ids, [c for c, _ in mine])
-        summary.added_e2e = _add_missing(conn, "e2e", E2E_COLS, ids, [e for _, e in mine])
+        for table, cols, attr in (("cases", CASE_COLS, "cases"), ("e2e", E2E_COLS, "e2e"), ("bench", BENCH_COLS, "bench")):
+            mine = [[row for row in getattr(s, attr) if row[0] in by_run] for s in sources]
+            setattr(summary, f"added_{attr}", _add_missing(conn, table, cols, ids, mine))
 
     with ResultStore(out) as store:
         store.transaction(write)

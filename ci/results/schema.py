@@ -1,7 +1,7 @@
 """Records kept in the results store, and the SQL tables that hold them.
 
 One RunRecord per `moecheck run` (or bisect step), many CaseRecords (one property x backend x
-format x example) and E2ERecords (one accuracy gate) per run. The tables are versioned: a store
+format x example), E2ERecords (one accuracy gate) and BenchRecords (one benchmark number) per run. The tables are versioned: a store
 written by an older moecheck is migrated forward on open, a newer one is refused.
 """
 from __future__ import annotations
@@ -77,7 +77,31 @@ class E2ERecord:
         require(self.verdict in VERDICTS, f"e2e verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
 
-SCHEMA_VERSION = 2
+@dataclass(frozen=True, kw_only=True)
+class BenchRecord:
+    """One number of `moecheck bench` (ci/bench.py). Two kinds of row share the table: examples/s of one
+    (backend, format, property), with ratio None; and property GEMM_RATIO, the reference expert GEMM's
+    time over torch._grouped_mm's (backend 'reference', examples 0, examples_per_s None, shape and
+    milliseconds in detail as JSON). One table, so merge, readers and the dashboard treat both alike."""
+
+    run_id: str = ""  # add_bench fills it
+    backend: str
+    format: str
+    property: str
+    device: str
+    examples: int = 0
+    examples_per_s: float | None = None
+    ratio: float | None = None
+    detail: str = ""  # JSON
+
+    @property
+    def value(self) -> float | None:
+        return self.ratio if self.property == GEMM_RATIO else self.examples_per_s
+
+
+GEMM_RATIO = "gemm_ratio"  # the BenchRecord property of the GEMM row
+
+SCHEMA_VERSION = 3
 
 # MIGRATIONS[i] takes a store from version i to i + 1. Append only: never edit a shipped step.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -103,6 +127,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE cases ADD COLUMN bias REAL",
         "ALTER TABLE cases ADD COLUMN bound REAL",
     ),
+    (  # 2 -> 3: benchmark numbers per run, so a slowdown shows on the dashboard
+        """CREATE TABLE IF NOT EXISTS bench (
+            id INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(run_id), backend TEXT NOT NULL,
+            format TEXT NOT NULL, property TEXT NOT NULL, device TEXT NOT NULL, examples INTEGER NOT NULL,
+            examples_per_s REAL, ratio REAL, detail TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS bench_run ON bench(run_id)",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -116,8 +147,11 @@ CASE_COLUMNS = (
 E2E_COLUMNS = tuple((f, f) for f in (
     "run_id", "model", "format", "backend", "accuracy", "n_questions", "verdict", "per_question_path", "message",
 ))
+BENCH_COLUMNS = tuple((f, f) for f in (
+    "run_id", "backend", "format", "property", "device", "examples", "examples_per_s", "ratio", "detail",
+))
 RUN_COLUMNS = tuple((f, f) for f in (
     "run_id", "started_at", "finished_at", "revision", "versions", "gpu_name", "driver", "hostname",
     "profile", "command", "status",
 ))
-FLOAT_FIELDS = frozenset({"max_norm_err", "rms_err", "bias", "bound", "duration_s", "accuracy"})
+FLOAT_FIELDS = frozenset({"max_norm_err", "rms_err", "bias", "bound", "duration_s", "accuracy", "examples_per_s", "ratio"})

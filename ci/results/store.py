@@ -1,4 +1,4 @@
-"""ResultStore: runs, cases and e2e gates in one SQLite file, safe for many concurrent writers.
+"""ResultStore: runs, cases, e2e gates and benchmark numbers in one SQLite file, safe for many concurrent writers.
 
 Many pytest-xdist workers and processes append at once: the file is in WAL mode, every write is
 one BEGIN IMMEDIATE transaction (all rows of one add land or none do), and a writer waits out
@@ -24,12 +24,14 @@ from typing import Callable, Iterable, TypeVar
 from moecheck.ci.results.diff import RunDiff, diff_cases
 from moecheck.ci.results.environment import environment_fields
 from moecheck.ci.results.schema import (
+    BENCH_COLUMNS,
     CASE_COLUMNS,
     E2E_COLUMNS,
     FLOAT_FIELDS,
     MIGRATIONS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
+    BenchRecord,
     CaseRecord,
     E2ERecord,
     RunRecord,
@@ -233,6 +235,9 @@ class ResultStore:
     def add_e2e(self, run_id: str, results: Iterable[E2ERecord]) -> int:
         return self._add("e2e", E2E_COLUMNS, run_id, results)
 
+    def add_bench(self, run_id: str, rows: Iterable[BenchRecord]) -> int:
+        return self._add("bench", BENCH_COLUMNS, run_id, rows)
+
     def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """fn(connection) in one IMMEDIATE transaction: all of its writes land or none do (`moecheck merge`)."""
         return self._write(fn)
@@ -304,6 +309,16 @@ class ResultStore:
         if run_id is None:
             return self._records(E2ERecord, "e2e", E2E_COLUMNS, "", ())
         return self._records(E2ERecord, "e2e", E2E_COLUMNS, "WHERE run_id = ?", (run_id,))
+
+    def bench(self, run_id: str | None = None) -> list[BenchRecord]:
+        """Benchmark rows of one run, or of all runs when run_id is None."""
+        if run_id is None:
+            return self._records(BenchRecord, "bench", BENCH_COLUMNS, "", ())
+        return self._records(BenchRecord, "bench", BENCH_COLUMNS, "WHERE run_id = ?", (run_id,))
+
+    def bench_runs(self, n: int) -> list[RunRecord]:
+        """The n most recent runs (any profile) that hold benchmark rows, newest first."""
+        return self._runs("WHERE run_id IN (SELECT run_id FROM bench)", limit=n)
 
     def counts(self, run_id: str) -> dict[str, int]:
         """Cases per verdict in one run."""

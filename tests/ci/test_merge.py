@@ -61,7 +61,7 @@ def test_shards_become_one_run_seen_as_one_by_history_and_the_dashboard(tmp_path
     out = tmp_path / "merged.sqlite"
     rc, text, err = _merge(capsys, out, *_shards(tmp_path))
     assert rc == 0 and err == "", err
-    assert "5 cases and 0 e2e gates added" in text and "run night-1: 3 input(s)" in text
+    assert "5 cases, 0 e2e gates and 0 benchmark rows added" in text and "run night-1: 3 input(s)" in text
     assert "balance: busiest 4.0 s, lightest 2.5 s" in text  # shard test time: 4.0, 2.5 (the skip has 0), 4.0
     with ResultStore(out, create=False) as s:
         (run,) = s.runs()
@@ -83,7 +83,7 @@ def test_merging_again_or_the_same_shard_twice_changes_nothing(tmp_path, capsys)
     assert _merge(capsys, out, *shards)[0] == 0
     before = _rows(out)
     rc, text, _ = _merge(capsys, out, shards[1], shards[1], *shards)
-    assert rc == 0 and "0 cases and 0 e2e gates added" in text and _rows(out) == before
+    assert rc == 0 and "0 cases, 0 e2e gates and 0 benchmark rows added" in text and _rows(out) == before
     assert "warning" not in text  # a shard named twice is one shard, not an overlap
     fresh = tmp_path / "fresh.sqlite"
     assert _merge(capsys, fresh, shards[0], shards[0])[0] == 0

@@ -17,6 +17,7 @@ echo "$MOECHECK_PROFILE|$MOECHECK_EXAMPLE_DB|$*" >> "$FAKE_LOG"
 case "$1" in
   run) exit "${FAKE_RUN_RC:-0}" ;;
   e2e) [ -n "${FAKE_HAS_E2E:-}" ] || exit 2; [ "$2" = --help ] && exit 0; exit "${FAKE_E2E_RC:-0}" ;;
+  bench) [ -n "${FAKE_HAS_BENCH:-}" ] || exit 2; [ "$2" = --help ] && exit 0; exit "${FAKE_BENCH_RC:-0}" ;;
   dashboard) exit "${FAKE_DASH_RC:-0}" ;;
 esac
 """
@@ -55,10 +56,23 @@ def test_e2e_runs_when_available_and_its_failure_counts(tmp_path):
     done, calls = nightly(tmp_path, FAKE_HAS_E2E="1", FAKE_E2E_RC="3", MOECHECK_STORE=str(tmp_path / "s.sqlite"),
                           MOECHECK_EXAMPLE_DB=str(tmp_path / "db"))
     assert done.returncode == 3
-    assert [c.split("|")[2].split()[0] for c in calls] == ["run", "e2e", "e2e", "dashboard"]
+    assert [c.split("|")[2].split()[0] for c in calls] == ["run", "bench", "e2e", "e2e", "dashboard"]  # bench: its --help probe
     assert f"|{tmp_path / 'db'}|run --store {tmp_path / 's.sqlite'}" in calls[0]
 
 
 def test_dashboard_failure_keeps_test_status(tmp_path):
     done, _ = nightly(tmp_path, FAKE_DASH_RC="2")
     assert done.returncode == 0 and "dashboard failed" in done.stderr
+
+
+def test_bench_runs_after_the_suite_into_the_store_and_its_failure_changes_nothing(tmp_path):
+    store = tmp_path / "s.sqlite"
+    done, calls = nightly(tmp_path, FAKE_HAS_BENCH="1", FAKE_BENCH_RC="1", MOECHECK_STORE=str(store))
+    assert done.returncode == 0 and "benchmark exited 1" in done.stderr
+    assert [c.split("|")[2].split()[0] for c in calls] == ["run", "bench", "bench", "e2e", "dashboard"]
+    assert calls[2].endswith(f"|bench --store {store} --out {tmp_path / 'bench.json'}")
+
+
+def test_no_bench_command_is_skipped(tmp_path):
+    done, _ = nightly(tmp_path)
+    assert done.returncode == 0 and "skipping benchmark" in done.stderr

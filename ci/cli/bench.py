@@ -1,0 +1,68 @@
+"""`moecheck bench`: the benchmarks of ci/bench.py, optionally kept in the results store.
+
+    moecheck bench [--out FILE] [--examples N] [--store FILE] [--attach latest|new]
+
+With --store the rows are appended to the store's newest run if it started within 12 hours (the
+nightly's property run, as `moecheck e2e` does), else, or with --attach new, to a run of their own
+(profile 'bench'). --attach latest expects the store to exist (the nightly's run made it; a missing
+file is a typo); --attach new creates it. The store is checked before the benchmark runs, so bad
+input costs no benchmark time. Exit 0 measured (and stored); 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from moecheck.ci.cli.e2e import ATTACH_WITHIN
+from moecheck.reference.errors import require
+
+DEFAULT_OUT = "moecheck-report/bench.json"
+
+
+def _open(path: str, attach: str):
+    from moecheck.ci.results.store import ResultStore
+
+    return ResultStore(path, create=attach == "new")
+
+
+def store_rows(path: str, attach: str, rows: list, command: str) -> str:
+    """Append rows to the run chosen as `moecheck e2e --attach` chooses; returns that run, described."""
+    with _open(path, attach) as store:
+        latest = store.latest_runs(1) if attach == "latest" else []
+        if latest and datetime.now(timezone.utc) - datetime.fromisoformat(latest[0].started_at) < ATTACH_WITHIN:
+            store.add_bench(latest[0].run_id, rows)
+            return f"{latest[0].run_id} (appended to the newest run)"
+        rid = store.start_run(command=command, profile="bench")
+        store.add_bench(rid, rows)
+        store.finish_run(rid)
+    return f"{rid} (a new run)"
+
+
+def bench(args: argparse.Namespace) -> int:
+    from moecheck.ci import bench as benchmarks
+
+    require(args.examples >= 1, f"--examples must be >= 1, got {args.examples}")
+    if args.store:
+        _open(args.store, args.attach).close()  # a missing or foreign store fails now, not after the benchmark
+    res = benchmarks.measure(args.examples)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(benchmarks.table(res))
+    if args.store:
+        where = store_rows(args.store, args.attach, benchmarks.records(res), " ".join(["moecheck", "bench", *sys.argv[1:]]))
+        print(f"stored as run {where} in {args.store}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="examples/s per property and the reference GEMM vs torch._grouped_mm")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    p.add_argument("--examples", type=int, default=10, help="examples timed per (backend, property)")
+    p.add_argument("--store", default=None, help="append the numbers to this results store")
+    p.add_argument("--attach", choices=("latest", "new"), default="latest",
+                   help="store: append to the newest run if it started within 12 h (the nightly's), or start a new one")
+    p.set_defaults(fn=bench, func=bench)
