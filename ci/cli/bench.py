@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-from moecheck.ci.cli.e2e import ATTACH_WITHIN
+from moecheck.ci.cli.attach import append_to_run
 from moecheck.reference.errors import require
 
 DEFAULT_OUT = "moecheck-report/bench.json"
@@ -31,14 +30,7 @@ def _open(path: str, attach: str):
 def store_rows(path: str, attach: str, rows: list, command: str) -> str:
     """Append rows to the run chosen as `moecheck e2e --attach` chooses; returns that run, described."""
     with _open(path, attach) as store:
-        latest = store.latest_runs(1) if attach == "latest" else []
-        if latest and datetime.now(timezone.utc) - datetime.fromisoformat(latest[0].started_at) < ATTACH_WITHIN:
-            store.add_bench(latest[0].run_id, rows)
-            return f"{latest[0].run_id} (appended to the newest run)"
-        rid = store.start_run(command=command, profile="bench")
-        store.add_bench(rid, rows)
-        store.finish_run(rid)
-    return f"{rid} (a new run)"
+        return append_to_run(store, attach, command, "bench", lambda rid: store.add_bench(rid, rows))
 
 
 def bench(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ import signal
 import sys
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from moecheck.ci.cli import exitcodes
@@ -34,7 +33,6 @@ from moecheck.reference.errors import MoecheckError, require
 
 DEFAULT_OUT = "moecheck-e2e"
 INTERRUPTED = "interrupted"  # the verdict of the gate a signal cut short
-ATTACH_WITHIN = timedelta(hours=12)  # a nightly's property run and its e2e gates start within one night
 
 
 def _validate_names(backends, formats) -> None:
@@ -74,8 +72,7 @@ def _store(path: str, gates, command: str, attach: str) -> str:
     """Append the gates to the newest run of the store (the nightly's property run, so the dashboard
     shows cases and gates of one night together) if it started within ATTACH_WITHIN; else, or with
     --attach new, to a run of their own."""
-    from datetime import datetime, timezone
-
+    from moecheck.ci.cli.attach import append_to_run
     from moecheck.ci.results.schema import E2ERecord
     from moecheck.ci.results.store import ResultStore
 
@@ -83,14 +80,7 @@ def _store(path: str, gates, command: str, attach: str) -> str:
                          verdict=g.verdict, message=g.message, per_question_path=str(g.per_question) if g.per_question else None)
                for g in gates if g.verdict != INTERRUPTED]  # a gate cut short has no result to keep
     with ResultStore(path) as store:
-        latest = store.latest_runs(1) if attach == "latest" else []
-        if latest and datetime.now(timezone.utc) - datetime.fromisoformat(latest[0].started_at) < ATTACH_WITHIN:
-            store.add_e2e(latest[0].run_id, records)
-            return f"{latest[0].run_id} (appended to the newest run)"
-        rid = store.start_run(command=command, profile="e2e")
-        store.add_e2e(rid, records)
-        store.finish_run(rid)
-    return f"{rid} (a new run)"
+        return append_to_run(store, attach, command, "e2e", lambda rid: store.add_e2e(rid, records))
 
 
 def _served_gates(args: argparse.Namespace, out: Path, gates: list, running: list):
