@@ -9,7 +9,8 @@
 #   one      one property of torch_grouped_mm: the layout's GPU scripts run from a checkout
 #   torch    torch_grouped_mm + torch_scaled_grouped_mm, every property (gpu profile)
 #   compile  torch_compile, every property (gpu profile)
-#   stages   ci/stages.py (each stage's share of a CUDA example) and ci/bench.py (examples/s, GEMM ratio)
+#   stages   ci/stages.py (each stage's share of a CUDA example; STAGES_KERNELS=N: the top N profiler ops),
+#            ci/gemm_probe.py (the reference GEMM's parts) and ci/bench.py (examples/s, GEMM ratio)
 #   triton   vllm_triton_{bf16,fp8_*,int8_w8a8}: the numerics, the edges on lines of their own
 #   wna16 modular cutlass marlin ogs lora routers   the other vLLM families
 #   recheck  vllm_triton_bf16, _fp8_tensor_static, vllm_modular_triton again (after a record fix)
@@ -64,8 +65,10 @@ one_phase() {
     compile) suite compile --backend torch_compile ;;
     stages)  # where a CUDA example's time goes (ci/stages.py), then examples/s and the GEMM ratio (ci/bench.py)
       timeout ${STAGES_S:-240} python3 -W ignore -m moecheck.ci.stages --backend torch_grouped_mm \
-        --backend torch_scaled_grouped_mm --examples ${STAGES_EX:-20} --out "$W/stages.json" > "$W/stages.txt" 2>&1
+        --backend torch_scaled_grouped_mm --examples ${STAGES_EX:-20} --kernels ${STAGES_KERNELS:-0} \
+        --out "$W/stages.json" > "$W/stages.txt" 2>&1
       echo "stages rc=$?"
+      timeout ${GEMM_S:-120} python3 -W ignore -m moecheck.ci.gemm_probe > "$W/gemm.txt" 2>&1; echo "gemm_probe rc=$?"
       timeout ${BENCH_S:-240} python3 -W ignore -m moecheck.ci.bench --examples ${BENCH_EX:-10} --out "$W/bench.json" \
         > "$W/bench.txt" 2>&1; echo "bench rc=$?" ;;
     triton) suite triton --backend vllm_triton_bf16 --backend 'vllm_triton_fp8_*' --backend vllm_triton_int8_w8a8 ;;
@@ -124,6 +127,7 @@ EOF
         done
         [ -f "$W/power.txt" ] && { echo "== power (cuda)"; cat "$W/power.txt"; }
         [ -f "$W/stages.txt" ] && { echo "== stages (cuda)"; grep " ex/s" "$W/stages.txt" | cut -c1-220; }
+        [ -f "$W/gemm.txt" ] && { echo "== gemm_probe"; grep " ms " "$W/gemm.txt"; }
         [ -f "$W/bench.txt" ] && { echo "== bench"; cat "$W/bench.txt"; }
         [ -f "$W/epscale.txt" ] && { echo "== epscale"; cat "$W/epscale.txt"; }
         [ -f "$W/replays.txt" ] && { echo "== replays"; cat "$W/replays.txt"; }

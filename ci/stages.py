@@ -1,12 +1,15 @@
 """Where an example's time goes: the stages of `check()`, per (backend, property), on CPU or CUDA.
 
     python -m moecheck.ci.stages [--backend NAME ...] [--property P ...] [--examples N] [--out FILE.json]
+                                 [--kernels N]
 
 N cases are drawn from each property's strategy first (drawing is timed on its own), the first is
 checked once untimed (imports, compiles), then all are checked under cProfile. A stage's time is the cumulative time of the functions that make it (nested calls
 count in each stage that holds them: `run` includes its allocator flood and poison). On CUDA, the
 time a stage waits on the GPU lands where the first synchronizing call is (`.item()`, `.tolist()`,
-a host copy): the `sync` row says how much waiting there was in all.
+a host copy): the `sync` row says how much waiting there was in all. --kernels N then checks three
+of the cases again under torch.profiler and prints its N costliest ops by self CPU and by self CUDA
+time, and how much of the wall time the GPU was busy (on CPU: the CPU table only).
 """
 from __future__ import annotations
 
@@ -46,6 +49,28 @@ def _stage_times(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
+def kernel_table(backend, drawn, device: str, n: int) -> str:
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    t0 = time.perf_counter()
+    with tprofile(activities=acts) as prof:
+        for c in drawn[:3]:
+            check(backend, c, device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+    busy = sum(getattr(e, "self_device_time_total", 0) for e in ka) / 1e6
+    out = [f"-- {backend.name} {drawn[0].property}: {min(3, len(drawn))} examples, wall {wall:.3f}s, GPU busy {busy:.3f}s"]
+    out.append(ka.table(sort_by="self_cpu_time_total", row_limit=n, max_name_column_width=60))
+    if device == "cuda":
+        out.append(ka.table(sort_by="self_device_time_total", row_limit=n, max_name_column_width=60))
+    return "\n".join(out)
+
+
 def profile(backend, prop: str, n: int) -> dict:
     av = backend.availability()
     fmt = "bf16" if "bf16" in backend.capability.formats else sorted(backend.capability.formats)[0]
@@ -64,7 +89,8 @@ def profile(backend, prop: str, n: int) -> dict:
     return {"backend": backend.name, "format": fmt, "property": prop, "device": av.device, "examples": n,
             "draw_s": t_draw, "check_s": total, "examples_per_s": n / total if total else 0.0,
             "verdicts": {v: verdicts.count(v) for v in set(verdicts)}, "stages_s": st,
-            "mean_tokens": sum(c.tokens for c in drawn) / n, "mean_hidden": sum(c.hidden for c in drawn) / n}
+            "mean_tokens": sum(c.tokens for c in drawn) / n, "mean_hidden": sum(c.hidden for c in drawn) / n,
+            "drawn": drawn}
 
 
 def main(argv=None) -> None:
@@ -73,6 +99,7 @@ def main(argv=None) -> None:
     ap.add_argument("--property", action="append", default=None, help="property (repeatable; default all)")
     ap.add_argument("--examples", type=int, default=10, help="drawn examples per (backend, property)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--kernels", type=int, default=0, help="also print the N costliest torch.profiler ops")
     a = ap.parse_args(argv)
     backends = registry.load_all()
     rows = []
@@ -84,11 +111,14 @@ def main(argv=None) -> None:
             print(f"{name}: unavailable here: {b.availability().reason}")
             continue
         for prop in a.property or sorted(n for n, p in PROPERTIES.items() if p.applies(b)):
-            rows.append(profile(b, prop, a.examples))
-            r = rows[-1]
+            r = profile(b, prop, a.examples)
+            drawn = r.pop("drawn")
+            rows.append(r)
             share = "  ".join(f"{k} {v / r['check_s']:4.0%}" for k, v in r["stages_s"].items() if r["check_s"])
             print(f"{name:22} {prop:24} {r['device']:4} {r['examples_per_s']:7.1f} ex/s  draw {r['draw_s']:.2f}s  "
                   f"T~{r['mean_tokens']:.0f} H~{r['mean_hidden']:.0f}  {share}", flush=True)
+            if a.kernels:
+                print(kernel_table(b, drawn, r["device"], a.kernels), flush=True)
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(rows, fh, indent=1)

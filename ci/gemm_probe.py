@@ -1,0 +1,88 @@
+"""Where the reference's expert GEMM loses to torch._grouped_mm: each part timed on its own.
+
+    python -m moecheck.ci.gemm_probe [--experts E] [--k K] [--n N] [--rows R]
+
+At bench.py's shape, with even and skewed (Zipf) routing: torch._grouped_mm, the reference's
+grouped_mm as the reference calls it (fp32 activations) and with bf16 ones, and its parts: the cast,
+pad, the padded bmm with fp32 out, unpad, and the per-expert loop. Prints a table, then a
+torch.profiler table of one reference call. CUDA only (the CPU's numbers are bench.py's).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from moecheck.ci.bench import _time
+from moecheck.reference import grouped
+
+
+def _counts(rows: int, E: int, skew: bool) -> list[int]:
+    if not skew:
+        return [rows // E] * E
+    w = 1.0 / torch.arange(1, E + 1, dtype=torch.float64) ** 0.8
+    c = (w / w.sum() * rows).floor().long()
+    c[0] += rows - int(c.sum())
+    return c.tolist()
+
+
+def probe(E: int, K: int, N: int, rows: int, skew: bool) -> list[tuple[str, float]]:
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    a16 = torch.randn(rows, K, device=dev, generator=g).to(torch.bfloat16)
+    a32 = a16.float()
+    w = (torch.randn(E, N, K, device=dev, generator=g) / K**0.5).to(torch.bfloat16)
+    counts = _counts(rows, E, skew)
+    offs = torch.cumsum(torch.tensor(counts, device=dev), 0).to(torch.int32)
+    gr = grouped.Groups(counts, dev)
+    out = [("torch._grouped_mm", _time(lambda: torch._grouped_mm(a16, w.transpose(1, 2), offs=offs)))]
+    out.append(("reference grouped_mm, fp32 a", _time(lambda: grouped.grouped_mm(a32, w, gr, True))))
+    out.append(("reference grouped_mm, bf16 a", _time(lambda: grouped.grouped_mm(a16, w, gr, True))))
+    out.append(("Groups(counts)", _time(lambda: grouped.Groups(counts, dev))))
+    out.append(("cast fp32 -> bf16", _time(lambda: a32.to(torch.bfloat16))))
+    out.append((f"loop_mm ({E} mm)", _time(lambda: grouped.loop_mm(a16, w, counts, True))))
+    if gr.padded:
+        p = gr.pad(a16)
+        out.append((f"pad {tuple(p.shape)}", _time(lambda: gr.pad(a16))))
+        try:
+            y = torch.bmm(p, w.transpose(1, 2), out_dtype=torch.float32)
+            out.append(("bmm bf16 -> fp32 out", _time(lambda: torch.bmm(p, w.transpose(1, 2), out_dtype=torch.float32))))
+            out.append(("unpad", _time(lambda: gr.unpad(y))))
+        except Exception as e:  # noqa: BLE001 - what this torch lacks is the finding
+            out.append((f"bmm(out_dtype=) raised {type(e).__name__}: {str(e).splitlines()[0][:80]}", float("nan")))
+        out.append(("bmm bf16 -> bf16 out", _time(lambda: torch.bmm(p, w.transpose(1, 2)))))
+    else:
+        out.append(("(skew: the loop runs, not the padded bmm)", float("nan")))
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experts", type=int, default=128)
+    ap.add_argument("--k", type=int, default=2048)
+    ap.add_argument("--n", type=int, default=768)
+    ap.add_argument("--rows", type=int, default=32768)
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("moecheck gemm_probe: needs CUDA (on CPU, bench.py has the numbers)")
+    for skew in (False, True):
+        rows = probe(a.experts, a.k, a.n, a.rows, skew)
+        base = rows[0][1]
+        print(f"== E={a.experts} K={a.k} N={a.n} rows={a.rows} {'skewed (Zipf 0.8)' if skew else 'even'} routing")
+        for name, t in rows:
+            print(f"{name:60s} {t * 1e3:9.3f} ms  {t / base:6.2f}x")
+    from torch.profiler import ProfilerActivity, profile
+
+    E, K, N, R = a.experts, a.k, a.n, a.rows
+    a32 = torch.randn(R, K, device="cuda")
+    w = torch.randn(E, N, K, device="cuda").to(torch.bfloat16)
+    gr = grouped.Groups(_counts(R, E, False), "cuda")
+    grouped.grouped_mm(a32, w, gr, True)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        grouped.grouped_mm(a32, w, gr, True)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
