@@ -64,6 +64,8 @@ one_phase() {
     torch) suite torch --backend torch_grouped_mm --backend torch_scaled_grouped_mm ;;
     compile) suite compile --backend torch_compile ;;
     stages)  # where a CUDA example's time goes (ci/stages.py), then examples/s and the GEMM ratio (ci/bench.py)
+      [ -n "${STAGES_GEN1:-}" ] && { timeout ${STAGES_S:-240} python3 -W ignore -m moecheck.ci.stages --backend torch_grouped_mm \
+        --examples ${STAGES_EX:-20} --gen 1 > "$W/stages-gen1.txt" 2>&1; echo "stages --gen 1 rc=$?"; }  # the cases built on the host
       timeout ${STAGES_S:-240} python3 -W ignore -m moecheck.ci.stages --backend torch_grouped_mm \
         --backend torch_scaled_grouped_mm --examples ${STAGES_EX:-20} --kernels ${STAGES_KERNELS:-0} \
         --out "$W/stages.json" > "$W/stages.txt" 2>&1
@@ -126,6 +128,7 @@ EOF
           echo "== $d"; timeout 60 $MC report "$W/$d" 2>&1 | cut -c1-400
         done
         [ -f "$W/power.txt" ] && { echo "== power (cuda)"; cat "$W/power.txt"; }
+        [ -f "$W/stages-gen1.txt" ] && { echo "== stages (cuda, cases built on the host)"; grep " ex/s" "$W/stages-gen1.txt" | cut -c1-220; }
         [ -f "$W/stages.txt" ] && { echo "== stages (cuda)"; grep " ex/s" "$W/stages.txt" | cut -c1-220; }
         [ -f "$W/gemm.txt" ] && { echo "== gemm_probe"; grep " ms " "$W/gemm.txt"; }
         [ -f "$W/bench.txt" ] && { echo "== bench"; cat "$W/bench.txt"; }

@@ -1,7 +1,7 @@
 """Where an example's time goes: the stages of `check()`, per (backend, property), on CPU or CUDA.
 
     python -m moecheck.ci.stages [--backend NAME ...] [--property P ...] [--examples N] [--out FILE.json]
-                                 [--kernels N]
+                                 [--kernels N] [--gen 1|2]
 
 N cases are drawn from each property's strategy first (drawing is timed on its own), the first is
 checked once untimed (imports, compiles), then all are checked under cProfile. A stage's time is the cumulative time of the functions that make it (nested calls
@@ -71,12 +71,14 @@ def kernel_table(backend, drawn, device: str, n: int) -> str:
     return "\n".join(out)
 
 
-def profile(backend, prop: str, n: int) -> dict:
+def profile(backend, prop: str, n: int, gen: int | None = None) -> dict:
     av = backend.availability()
     fmt = "bf16" if "bf16" in backend.capability.formats else sorted(backend.capability.formats)[0]
     t0 = time.perf_counter()
     strat = cases(backend, fmt, prop, av.device)
     drawn = [fit(strat.example(), backend) for _ in range(n)]
+    if gen is not None:  # the same structures drawn with the other generator (properties/rng.py)
+        drawn = [c.with_(gen=gen) for c in drawn]
     t_draw = time.perf_counter() - t0
     check(backend, drawn[0], av.device)  # warm-up, untimed: lazy imports and first compiles are not an example's cost
     prof = cProfile.Profile()
@@ -99,6 +101,8 @@ def main(argv=None) -> None:
     ap.add_argument("--property", action="append", default=None, help="property (repeatable; default all)")
     ap.add_argument("--examples", type=int, default=10, help="drawn examples per (backend, property)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--gen", type=int, choices=(1, 2), default=None,
+                    help="build the cases with this generator (1: torch's CPU one, 2: the stream) instead of the profile's")
     ap.add_argument("--kernels", type=int, default=0, help="also print the N costliest torch.profiler ops")
     a = ap.parse_args(argv)
     backends = registry.load_all()
@@ -111,7 +115,7 @@ def main(argv=None) -> None:
             print(f"{name}: unavailable here: {b.availability().reason}")
             continue
         for prop in a.property or sorted(n for n, p in PROPERTIES.items() if p.applies(b)):
-            r = profile(b, prop, a.examples)
+            r = profile(b, prop, a.examples, a.gen)
             drawn = r.pop("drawn")
             rows.append(r)
             share = "  ".join(f"{k} {v / r['check_s']:4.0%}" for k, v in r["stages_s"].items() if r["check_s"])

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from moecheck.backends.problem import MoEProblem
+from moecheck.properties.rng import Stream, TorchRNG
 from moecheck.reference.errors import MoecheckError, did_you_mean, require
 from moecheck.reference.formats import get_format
 from moecheck.reference.lora import MoELoRA
@@ -78,6 +79,9 @@ class Case:
     n_group: int = 1  # deepseek_v3 grouped top-k
     topk_group: int = 1
     routed_scaling: float = 1.0
+    # how the tensors are drawn (properties/rng.py): 1 = torch's CPU generator, then copied to the
+    # device (every case recorded before 2026-12-03); 2 = a counter-based stream made on the device
+    gen: int = 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -119,6 +123,7 @@ class Case:
         _field("routed_scaling", self.routed_scaling, _finite(self.routed_scaling) and self.routed_scaling > 0,
                "a finite number > 0")
         _field("topk_group", self.topk_group, self.topk_group <= self.n_group, f"an integer in [1, n_group={self.n_group}]")
+        _field("gen", self.gen, self.gen in GENERATORS, "1 (torch's CPU generator) or 2 (moecheck's stream)")
         for name, allowed in (("property", PROPERTIES), ("format", FORMATS), ("activation", ACTIVATIONS),
                               ("routing", ROUTINGS), ("values", VALUES), ("dtype", DTYPES),
                               ("router", ("", *ROUTER_KINDS)), ("router_logits", ROUTER_LOGITS)):
@@ -158,27 +163,28 @@ def weight_block_rows(fmt) -> int:
     return (fmt.weight.block[0] or 1) if fmt.weight is not None else 1
 
 
-def _values(g: torch.Generator, shape, kind: str, elem_max: float) -> torch.Tensor:
-    x = torch.randn(*shape, generator=g)
+def _values(g, shape, kind: str, elem_max: float, dev) -> torch.Tensor:
+    x = g.randn(*shape, device=dev)
     if kind == "outliers":  # a few channels 100x larger, as in real LLM activations
-        cols = torch.randint(0, shape[-1], (max(1, shape[-1] // 64),), generator=g)
+        cols = g.randint(0, shape[-1], (max(1, shape[-1] // 64),), device=dev)
         x[..., cols] *= 100.0
     elif kind == "tiny":  # near the bottom of the scale range: scales underflow first
         x = x * 2.0**-100
     elif kind == "boundary":  # block maxima exactly on scale boundaries: 2^k (FLOOR) and elem_max*2^j (RCEIL)
-        k = torch.randint(3, 6, shape[:-1] + (1,), generator=g).float()
+        k = g.randint(3, 6, shape[:-1] + (1,), device=dev).float()
         for start, mag in ((0, torch.exp2(k)), (8, elem_max * torch.exp2(k - 8))):
             if start >= shape[-1]:
                 break
-            cols = torch.arange(start, shape[-1], 16)
-            sign = torch.where(torch.rand(*shape[:-1], len(cols), generator=g) < 0.5, -1.0, 1.0)
+            cols = torch.arange(start, shape[-1], 16, device=x.device)
+            sign = torch.where(g.rand(*shape[:-1], len(cols), device=dev) < 0.5, -1.0, 1.0)
             x[..., cols] = sign * mag
     return x
 
 
 def _routing(g, c: Case, n_local_ok: torch.Tensor):
-    """(weights, ids, logits, bias): the reference routing of the case's logits."""
-    logits = torch.randn(c.tokens, c.experts, generator=g)
+    """(weights, ids, logits, bias): the reference routing of the case's logits, on the CPU (ties are
+    broken the same way wherever the case runs)."""
+    logits = g.randn(c.tokens, c.experts, device="cpu")
     if c.router and c.router_logits == "wide":
         logits = logits * 8.0
     if c.routing == "skewed":
@@ -194,7 +200,7 @@ def _routing(g, c: Case, n_local_ok: torch.Tensor):
             logits = torch.round(logits * 2.0) / 2.0
         elif c.router_logits == "negative":  # sigmoids of 2e-5..0.05: with a bias of +-0.01, biased scores below 0
             logits = -(2.0 * logits.abs()).clamp_max(8.0) - 3.0
-        bias = torch.randn(c.experts, generator=g) * 0.01 if c.router == "deepseek_v3" else None
+        bias = g.randn(c.experts, device="cpu") * 0.01 if c.router == "deepseek_v3" else None
         w, ids = route(logits, c.router_spec(), bias)
         return w, ids, logits, bias
     if c.weights_on_input:
@@ -207,19 +213,28 @@ def _routing(g, c: Case, n_local_ok: torch.Tensor):
 TILE = 64  # weight tiles of one magnitude: finer than any 128x128 scale block
 
 
-def _tile_magnitudes(c: Case, shape, which: int) -> torch.Tensor:
-    """Per 64x64 tile of each expert's weight, a magnitude 2^U(-2, 2), as real checkpoints' blocks differ:
+def _tile_magnitudes(c: Case, shape, which: int, dev) -> torch.Tensor:
+    """Per 64x64 tile of each expert's weight, a magnitude in [1/4, 4), as real checkpoints' blocks differ:
     a kernel that reads another block's (or expert's) scale is then wrong by a visible factor. Drawn from
     a generator of its own, after everything else, so the other tensors of a case stay as they were."""
-    g = torch.Generator().manual_seed((c.seed * 7919 + which) % 2**63)
+    g = rng(c.gen, (c.seed * 7919 + which) % 2**63, dev)
     e, r, k = shape
-    tiles = torch.exp2(torch.rand(e, -(-r // TILE), -(-k // TILE), generator=g) * 4 - 2)
-    rows, cols = torch.arange(r) // TILE, torch.arange(k) // TILE
+    tiles = g.magnitudes(e, -(-r // TILE), -(-k // TILE), device=dev)
+    rows, cols = torch.arange(r, device=tiles.device) // TILE, torch.arange(k, device=tiles.device) // TILE
     return tiles[:, rows[:, None], cols[None, :]]  # each element its tile's magnitude, in one gather
 
 
+GENERATORS = {1: "torch's CPU generator", 2: "moecheck's counter-based stream"}
+
+
+def rng(gen: int, seed: int, device):
+    """gen 1: tensors made on the CPU (and moved); gen 2: made on `device`, the same bits on any device."""
+    return TorchRNG(seed) if gen == 1 else Stream(seed, device)
+
+
 def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] | None = None) -> MoEProblem:
-    """Deterministic tensors for `c` (CPU generator, then moved), weights quantized by the reference.
+    """Deterministic tensors for `c` on `device` (gen 1: drawn on the CPU and moved; gen 2: drawn
+    there), weights quantized by the reference.
 
     pad_to=(H', I') zero-pads hidden and intermediate (gate and up separately) before quantizing:
     the same numbers as the unpadded case, laid out as a padding kernel path would see them.
@@ -230,34 +245,35 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
 
     act = ACTIVATIONS[c.activation]
     fmt.check_sizes(c.hidden, c.inter)
-    g = torch.Generator().manual_seed(c.seed)
+    dev = torch.device(device)
+    g = rng(c.gen, c.seed, dev)
     dt = getattr(torch, c.dtype)
     elem_max = fmt.act.codec.max if fmt.act is not None else 448.0
-    x = _values(g, (c.tokens, c.hidden), c.values, elem_max).to(dt)
+    x = _values(g, (c.tokens, c.hidden), c.values, elem_max, dev).to(dt)
     n_local = c.experts - c.ep_remote
     rows13 = 2 * c.inter if act.gated else c.inter
-    w13 = torch.randn(n_local, rows13, c.hidden, generator=g) / c.hidden**0.5
-    w2 = torch.randn(n_local, c.hidden, c.inter, generator=g) / c.inter**0.5
+    w13 = g.randn(n_local, rows13, c.hidden, device=dev) / c.hidden**0.5
+    w2 = g.randn(n_local, c.hidden, c.inter, device=dev) / c.inter**0.5
     expert_map = None
     if c.ep_remote:
-        perm = torch.randperm(c.experts, generator=g)
+        perm = g.randperm(c.experts, device="cpu")
         expert_map = torch.full((c.experts,), -1, dtype=torch.int64)
         expert_map[perm[:n_local]] = torch.arange(n_local)
     weights, ids, logits, router_bias = _routing(g, c, expert_map)
-    b13 = torch.randn(n_local, rows13, generator=g) * 0.1 if c.bias else None
-    b2 = torch.randn(n_local, c.hidden, generator=g) * 0.1 if c.bias else None
+    b13 = g.randn(n_local, rows13, device="cpu") * 0.1 if c.bias else None
+    b2 = g.randn(n_local, c.hidden, device="cpu") * 0.1 if c.bias else None
     lora = token_lora = None
     if c.lora_adapters:
         L, r, E = c.lora_adapters, c.lora_rank, n_local
-        mk = lambda *s: torch.randn(*s, generator=g) * 0.05  # noqa: E731
+        mk = lambda *s: g.randn(*s, device="cpu") * 0.05  # noqa: E731
         lora = MoELoRA(mk(L, E, r, c.hidden), mk(L, E, c.inter, r), mk(L, E, r, c.hidden), mk(L, E, c.inter, r),
                        mk(L, E, r, c.inter), mk(L, E, c.hidden, r), scaling=1.0)
-        token_lora = torch.randint(-1, L, (c.tokens,), generator=g)
+        token_lora = g.randint(-1, L, (c.tokens,), device="cpu")
     a1 = a2 = None
     if fmt.act is not None and fmt.act.static:  # calibrated scales: on the input itself, a fixed guess for the intermediate
         a1 = calibrate(x, fmt.act).clamp(min=2.0**-20)
         a2 = torch.tensor(2.0**-6)
-    w13, w2 = w13 * _tile_magnitudes(c, w13.shape, 1), w2 * _tile_magnitudes(c, w2.shape, 2)
+    w13, w2 = w13 * _tile_magnitudes(c, w13.shape, 1, dev), w2 * _tile_magnitudes(c, w2.shape, 2, dev)
     if pad_to is not None:
         hp, ip = pad_to
         x, w13, w2 = pad_hidden(x, hp), pad_w13(w13, ip, hp, act), pad_w2(w2, hp, ip)

@@ -147,6 +147,7 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         bias=cap.bias and draw(st.booleans()),
         lora_adapters=draw(st.integers(0, 3)) if lora_ok else 0, lora_rank=draw(st.sampled_from([1, 4, 8])),
         weights_on_input=on_input, seed=draw(st.integers(0, 2**31 - 1)), **routing,
+        gen=2 if device_kind == "cuda" else 1,  # GPU draws are made on the GPU (properties/rng.py)
     )
 
 

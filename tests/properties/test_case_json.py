@@ -24,6 +24,7 @@ BAD = [  # (case JSON, what the one-line error must say)
     ('{"format": "bf61"}', 'got "bf61" (did you mean bf16'),
     ('{"activation": "silu2"}', 'case field activation must be one of "silu"'),
     ('{"router": "x"}', 'case field router must be one of "", "softmax_topk"'),
+    ('{"gen": 3}', "case field gen must be 1 (torch's CPU generator) or 2 (moecheck's stream), got 3"),
     ('{"tokenz": 1}', "unknown case field 'tokenz' (did you mean tokens?); known: backend, format"),
     ('[1]', "case JSON must be an object, got list"),
     ('{"tokens": ', "case is not valid JSON: Expecting value at line 1 column 12"),
