@@ -21,11 +21,10 @@ from moecheck.reference.quantize import fake_quantize
 
 
 def dense_moe(x, w13, w2, dense_w, act_spec, act_q, a1, a2, b13, b2):
-    """x [T,H]; w13 [E,2I,H]; w2 [E,H,I]; dense_w [T,E] routing weight (0: not routed)."""
+    """x [T,H] fp32; w13 [E,2I,H]; w2 [E,H,I]; dense_w [T,E] routing weight (0: not routed); biases
+    [E,2I] and [E,H] (zeros where the case has none)."""
     a = fake_quantize(x, act_q, a1)
-    h = torch.einsum("th,enh->etn", a, w13)
-    if b13 is not None:
-        h = h + b13[:, None, :]
+    h = torch.einsum("th,enh->etn", a, w13) + b13[:, None, :]
     y = act_mod.apply(h, act_spec)
     routed = (dense_w.T > 0)[..., None]
     if act_q is not None:  # re-quantize the routed rows only: scales must not see unrouted rows
@@ -33,14 +32,23 @@ def dense_moe(x, w13, w2, dense_w, act_spec, act_q, a1, a2, b13, b2):
         yq = torch.zeros_like(y)
         yq[routed.expand_as(y)] = fake_quantize(rows, act_q, a2).flatten()
         y = yq
-    o = torch.einsum("eti,ehi->eth", y, w2)
-    if b2 is not None:
-        o = o + b2[:, None, :]
+    o = torch.einsum("eti,ehi->eth", y, w2) + b2[:, None, :]
     return (o * dense_w.T[..., None]).sum(0)
+
+
+RECOMPILES = 256  # one graph per activation and activation-quantizer kind, every shape in it
 
 
 @functools.cache
 def _compiler():
+    # Past Dynamo's recompile limit (8) the function silently runs eagerly: the backend would then
+    # test the reference math, not Inductor's kernels. Raise it, and fail loudly beyond it.
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed in torch 2.6
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), RECOMPILES))
+    if hasattr(cfg, "fail_on_recompile_limit_hit"):
+        cfg.fail_on_recompile_limit_hit = True
     return torch.compile(dense_moe, dynamic=True)
 
 
@@ -62,9 +70,11 @@ class TorchCompile(Backend):
         tw = torch.ones_like(p.topk_weights.float()) if p.apply_router_weight_on_input else p.topk_weights.float()
         dense = torch.zeros(p.tokens, p.experts + 1, device=p.device)
         dense.scatter_add_(1, torch.where(local >= 0, local, p.experts), tw)
-        f = lambda t: None if t is None else t.float()  # noqa: E731
-        res = _compiled(scaled_input(p), w13, w2, dense[:, :p.experts].contiguous(), p.activation, p.fmt.act,
-                        p.a1_scale, p.a2_scale, f(p.w13_bias), f(p.w2_bias)).to(p.hidden_states.dtype)
+        # one graph for both input dtypes and with or without biases (a zero bias adds exactly 0): each
+        # new graph costs seconds of compile, and a guard on dtype or None-ness would multiply them
+        f = lambda t, rows: torch.zeros(p.experts, rows, device=p.device) if t is None else t.float()  # noqa: E731
+        res = _compiled(scaled_input(p).float(), w13, w2, dense[:, :p.experts].contiguous(), p.activation, p.fmt.act,
+                        p.a1_scale, p.a2_scale, f(p.w13_bias, w13.shape[1]), f(p.w2_bias, p.hidden)).to(p.hidden_states.dtype)
         if out is None:
             return res
         out.copy_(res)

@@ -16,7 +16,7 @@ from moecheck.reference.errors import MoecheckError, did_you_mean, require
 from moecheck.reference.formats import get_format
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.padding import pad_bias13, pad_hidden, pad_w2, pad_w13
-from moecheck.reference.quantize import calibrate, quantize
+from moecheck.reference.quantize import calibrate, div, quantize
 from moecheck.reference.routing import RouterSpec, route
 
 ROUTINGS = ("softmax", "skewed", "one_expert", "empty_experts")
@@ -252,8 +252,8 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
     x = _values(g, (c.tokens, c.hidden), c.values, elem_max, dev).to(dt)
     n_local = c.experts - c.ep_remote
     rows13 = 2 * c.inter if act.gated else c.inter
-    w13 = g.randn(n_local, rows13, c.hidden, device=dev) / c.hidden**0.5
-    w2 = g.randn(n_local, c.hidden, c.inter, device=dev) / c.inter**0.5
+    w13 = div(g.randn(n_local, rows13, c.hidden, device=dev), c.hidden**0.5)
+    w2 = div(g.randn(n_local, c.hidden, c.inter, device=dev), c.inter**0.5)
     expert_map = None
     if c.ep_remote:
         perm = g.randperm(c.experts, device="cpu")

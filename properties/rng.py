@@ -10,12 +10,26 @@ variance 1, bounded at +-sqrt(12) (randn passes that 1 time in 2000; outliers ar
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 M32 = 0xFFFFFFFF
 CHUNK = 1 << 24  # elements hashed at a time: bounds the int64 temporaries to a few hundred MB
+
+
+SD = math.sqrt(12.0 / (65536.0**2 - 1)) / 2  # 1 / the standard deviation of a sum of four uniforms on 0..65535
+
+
+@functools.cache
+def _triton():
+    """properties/rng_triton.py where Triton imports (one launch per draw on CUDA), else None."""
+    try:
+        from moecheck.properties import rng_triton
+    except ImportError:
+        return None
+    return rng_triton
 
 
 def _mix(x):
@@ -59,12 +73,16 @@ class Stream:
         self.draws = 0
         self.device = torch.device(device)
 
+    def _next_key(self) -> int:
+        k = _mix((self.key + _mix(self.draws)) & M32)
+        self.draws += 1
+        return k
+
     def _bits(self, n: int, per: int, device) -> torch.Tensor:
         """[n, per] 32-bit uniform integers (int64) of the next draw."""
         if n * per >= 1 << 32:
             raise ValueError(f"a Stream draw holds at most 2^32 words, asked for {n} x {per}")
-        k = _mix((self.key + _mix(self.draws)) & M32)
-        self.draws += 1
+        k = self._next_key()
         dev = torch.device(device) if device is not None else self.device
         out = torch.empty(n * per, dtype=torch.int64, device=dev)
         for s in range(0, n * per, CHUNK):
@@ -74,10 +92,16 @@ class Stream:
 
     def randn(self, *shape, device=None) -> torch.Tensor:
         n = math.prod(shape)
-        b = self._bits(n, 2, device)
+        dev = torch.device(device) if device is not None else self.device
+        if dev.type == "cuda" and _triton() is not None:
+            if n * 2 >= 1 << 32:
+                raise ValueError(f"a Stream draw holds at most 2^32 words, asked for {n} x 2")
+            out = torch.empty(shape, dtype=torch.float32, device=dev)
+            _triton().randn_into(out, self._next_key(), SD)
+            return out
+        b = self._bits(n, 2, dev)
         s = (b & 0xFFFF).sum(1) + (b >> 16).sum(1) - 2 * 0xFFFF  # 4 uniforms on 0..65535, centered: exact
-        sd = torch.tensor(math.sqrt(12.0 / (65536.0**2 - 1)) / 2, dtype=torch.float32, device=s.device)
-        return (s.float() * sd).view(shape)  # |s| < 2^18: exact in fp32; one correctly rounded multiply
+        return (s.float() * torch.tensor(SD, dtype=torch.float32, device=s.device)).view(shape)  # |s| < 2^18: exact
 
     def rand(self, *shape, device=None) -> torch.Tensor:
         """Uniform [0, 1) on a 2^-24 grid (exact in fp32)."""

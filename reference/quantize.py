@@ -35,6 +35,12 @@ def _blocked(x: torch.Tensor, br: int, bc: int, fill: float) -> torch.Tensor:
     return x.transpose(-3, -2).reshape(*lead, x.shape[-4], x.shape[-2], br * bc)
 
 
+def div(t: torch.Tensor, d: float) -> torch.Tensor:
+    """t / d correctly rounded on every device. CUDA turns a division by a Python number into a
+    multiplication by its reciprocal, which can differ in the last bit (amax / 448 is a scale)."""
+    return t / torch.full((), d, dtype=t.dtype, device=t.device)
+
+
 def _poison(s: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
     """Zero block -> scale 1 (codes 0); non-finite amax -> NaN scale, so the block dequantizes to NaN
     instead of being silently quantized against a made-up scale (torchao does the same for MX)."""
@@ -43,12 +49,12 @@ def _poison(s: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
 
 
 def _amax_scale(amax, cd, _):
-    s = _poison(amax / cd.max, amax)
+    s = _poison(div(amax, cd.max), amax)
     return s, s
 
 
 def _ue8m0_scale(amax, cd, _):
-    ratio = amax / cd.max
+    ratio = div(amax, cd.max)
     m, e = torch.frexp(ratio)  # ratio = m * 2**e, m in [0.5, 1): ceil(log2) = e, or e-1 if m == 0.5
     exp = torch.where(m == 0.5, e - 1, e)
     s = _poison(torch.ldexp(torch.ones_like(ratio), exp), amax)
@@ -57,7 +63,7 @@ def _ue8m0_scale(amax, cd, _):
 
 def _mx_exponent(amax: torch.Tensor, cd: FloatCodec, mode: MXScaleMode) -> torch.Tensor:
     if mode == MXScaleMode.RCEIL:
-        m, e = torch.frexp(amax / cd.max)
+        m, e = torch.frexp(div(amax, cd.max))
         exp = torch.where(m == 0.5, e - 1, e)
     else:
         m, e = torch.frexp(amax)  # floor(log2(amax)) = e - 1
@@ -80,7 +86,7 @@ def _mx_scale(amax, cd, mode):
 def _minmax_scale(x_blocks, cd):
     lo = x_blocks.amin(-1).clamp(max=0)
     hi = x_blocks.amax(-1).clamp(min=0)
-    s = _poison((hi - lo) / cd.qmax, hi - lo)
+    s = _poison(div(hi - lo, cd.qmax), hi - lo)
     z = torch.round(-lo / s).clamp(0, cd.qmax)
     return s, torch.where(torch.isnan(z), torch.zeros_like(z), z)
 
@@ -171,7 +177,7 @@ def _nvfp4_scales(xf: torch.Tensor, blocks: torch.Tensor, cd: FloatCodec, given:
         g = _poison(nvfp4_global(xf), _slice_amax(xf))  # a non-finite value makes its whole slice NaN
     else:
         g = given
-    sb = E4M3.round(blocks.abs().amax(-1) / cd.max / g[..., None, None])
+    sb = E4M3.round(div(blocks.abs().amax(-1), cd.max) / g[..., None, None])
     return sb, e4m3_storage(sb), g
 
 
@@ -184,7 +190,7 @@ def nvfp4_global(x: torch.Tensor) -> torch.Tensor:
     """The NVFP4 global dequantization scale of each [..., R, C] slice: amax / (448 * 6)."""
     from moecheck.reference.codecs import codec
 
-    return _slice_amax(x.float()) / (E4M3.max * codec("e2m1").max)
+    return div(_slice_amax(x.float()), E4M3.max * codec("e2m1").max)
 
 
 def calibrate(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -196,7 +202,7 @@ def calibrate(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     if spec.rule == ScaleRule.NVFP4:
         s = nvfp4_global(x) if x.numel() else torch.ones(())
     else:
-        s = (x.float().abs().amax() if x.numel() else torch.tensor(0.0)) / spec.codec.max
+        s = div(x.float().abs().amax() if x.numel() else torch.tensor(0.0), spec.codec.max)
     return torch.where(s > 0, s, torch.ones_like(s))
 
 

@@ -3,6 +3,7 @@ wherever it is made, and is random enough to stand in for randn."""
 from __future__ import annotations
 
 import hashlib
+import os
 import math
 
 import pytest
@@ -97,3 +98,30 @@ def test_gpu_draws_use_the_stream_cpu_draws_torch():
     b = registry.load_all()["cpu_loop"]
     assert cases(b, "bf16", "matches_reference", "cuda").example().gen == 2
     assert cases(b, "bf16", "matches_reference", "cpu").example().gen == 1
+
+
+_INTERPRETED = """
+import torch
+from moecheck.properties import rng, rng_triton
+keys = set()
+for seed in (0, 1, 2, 3, 2**31 + 5, 2**40 + 77):
+    for n in (1, 1000, 4097):
+        s = rng.Stream(seed)
+        key = s._next_key()
+        keys.add(key >= 2**31)
+        out = torch.empty(n)
+        rng_triton.randn_into(out, key, rng.SD)
+        assert torch.equal(out, rng.Stream(seed).randn(n)), (seed, n)
+assert keys == {True, False}, keys  # hash keys on both sides of 2^31 (signed vs unsigned arguments)
+"""
+
+
+def test_the_triton_stream_is_the_torch_stream():
+    """The kernel CUDA draws with, run by Triton's interpreter on the CPU."""
+    pytest.importorskip("triton", reason="Triton is not installed: the kernel's equality is checked on CUDA only")
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
