@@ -3,8 +3,8 @@ wherever it is made, and is random enough to stand in for randn."""
 from __future__ import annotations
 
 import hashlib
-import os
 import math
+import os
 
 import pytest
 import torch
