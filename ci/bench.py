@@ -72,6 +72,7 @@ def examples_per_second(n: int) -> list[dict]:
         for prop in [n for n, p in PROPERTIES.items() if p.applies(b)]:  # a router property needs a router
             strat = cases(b, fmt, prop, av.device)
             drawn = [fit(strat.example(), b) for _ in range(n)]
+            check(b, fit(strat.example(), b), av.device)  # warm-up, untimed: imports, first compiles and launches
             t0 = time.perf_counter()
             for c in drawn:
                 check(b, c, av.device)

@@ -9,6 +9,7 @@
 #   one      one property of torch_grouped_mm: the layout's GPU scripts run from a checkout
 #   torch    torch_grouped_mm + torch_scaled_grouped_mm, every property (gpu profile)
 #   compile  torch_compile, every property (gpu profile)
+#   whole    the three torch backends in one run (issue 14: EX examples per property within WHOLE_S)
 #   stages   ci/stages.py (each stage's share of a CUDA example; STAGES_KERNELS=N: the top N profiler ops),
 #            ci/gemm_probe.py (the reference GEMM's parts) and ci/bench.py (examples/s, GEMM ratio)
 #   triton   vllm_triton_{bf16,fp8_*,int8_w8a8}: the numerics, the edges on lines of their own
@@ -63,6 +64,19 @@ one_phase() {
     one) suite one --backend torch_grouped_mm --format bf16 --property matches_reference ;;
     torch) suite torch --backend torch_grouped_mm --backend torch_scaled_grouped_mm ;;
     compile) suite compile --backend torch_compile ;;
+    whole)  # issue 14's goal: the gpu profile over the three torch backends, EX examples per property, within WHOLE_S
+      local t0=$SECONDS
+      suite whole --backend torch_grouped_mm --backend torch_scaled_grouped_mm --backend torch_compile
+      echo "whole: $((SECONDS - t0)) s wall"
+      python3 - "$W/whole/results.jsonl" <<'EOF2'
+import collections, json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = collections.Counter(r["outcome"] for r in rows)
+ex = [r.get("examples_run") or 0 for r in rows if r["property"] != "edge_contract" and r["outcome"] in ("passed", "failed")]
+print(f"whole: {len(rows)} results {dict(by)}; examples {sum(ex)}; per numerics test min {min(ex, default=0)} "
+      f"median {sorted(ex)[len(ex) // 2] if ex else 0}")
+EOF2
+      ;;
     stages)  # where a CUDA example's time goes (ci/stages.py), then examples/s and the GEMM ratio (ci/bench.py)
       [ -n "${STAGES_GEN1:-}" ] && { timeout ${STAGES_S:-240} python3 -W ignore -m moecheck.ci.stages --backend torch_grouped_mm \
         --examples ${STAGES_EX:-20} --gen 1 > "$W/stages-gen1.txt" 2>&1; echo "stages --gen 1 rc=$?"; }  # the cases built on the host
@@ -123,7 +137,7 @@ EOF
       cat "$W/replays.txt" ;;
     pack)
       {
-        for d in one torch compile triton recheck wna16 modular cutlass marlin ogs lora routers; do
+        for d in one torch compile whole triton recheck wna16 modular cutlass marlin ogs lora routers; do
           [ -f "$W/$d/results.jsonl" ] || continue
           echo "== $d"; timeout 60 $MC report "$W/$d" 2>&1 | cut -c1-400
         done

@@ -68,33 +68,40 @@ def compare(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, expected_
         return Comparison(False, float("inf"), float("inf"), None, None, None, None, 0, shape_ok=False, failed=("shape",))
     o, r, b = out.float(), ref.float(), bound.float().to(out.device)
     r = r.to(out.device)
-    bad = ~torch.isfinite(o) & torch.isfinite(r)
-    n_bad = int(bad.sum())
-    if n_bad:
-        idx = tuple(int(i) for i in bad.nonzero()[0])
-        return Comparison(False, float("inf"), float("inf"), idx, float(o[idx]), float(r[idx]), float(b[idx]), n_bad,
-                          failed=("nonfinite",))
     if o.numel() == 0:
         return Comparison(True, 0.0, 0.0, None, None, None, None, 0)
+    bad = ~torch.isfinite(o) & torch.isfinite(r)
     fin = torch.isfinite(r) & torch.isfinite(b)
     signed = torch.where(fin, o - r, torch.zeros_like(o))
     diff = signed.abs()
     bb = b.clamp(min=torch.finfo(torch.float32).tiny)
     norm = torch.where(diff == 0, torch.zeros_like(diff), diff / bb)
-    flat = int(norm.argmax())
-    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), norm.shape))
-    mx = float(norm.flatten()[flat])
-    n = int(fin.sum())
-    rms = math.sqrt(float(norm.clamp(max=1.0).square().sum()) / max(n, 1))
-    ms = float(norm.square().clamp(max=CLIP).sum()) / max(n, 1)  # the judged statistic
-    failed = ["max"] if mx > 1.0 else []
-    rms_bound = bias_bound = None
     half = math.sqrt(CLIP)
-    bias = float((torch.sign(r) * signed / bb).clamp(-half, half).where(fin, torch.zeros_like(o)).sum()) / max(n, 1)
-    if expected_var is not None and budget is not None and n:
+    judged = expected_var is not None and budget is not None
+    if judged:
         ev = expected_var.double().to(out.device)  # float64: squares of tiny bounds underflow in fp32
         ratio = torch.nan_to_num(ev / bb.double().square(), nan=0.0, posinf=CLIP).clamp(max=CLIP)
-        mu = float(torch.where(fin, ratio, torch.zeros_like(ratio)).sum()) / n
+    # every statistic in one tensor, read back in one synchronization (each .item() waits on the GPU)
+    first_bad, worst = bad.flatten().to(torch.uint8).argmax(), norm.flatten().argmax()
+    picks = [t.flatten()[i] for i in (first_bad, worst) for t in (o, r, b)]
+    stats = torch.stack([x.double() for x in (
+        bad.sum(), first_bad, worst, norm.flatten()[worst], fin.sum(), norm.clamp(max=1.0).square().sum(),
+        norm.square().clamp(max=CLIP).sum(),
+        (torch.sign(r) * signed / bb).clamp(-half, half).where(fin, torch.zeros_like(o)).sum(),
+        torch.where(fin, ratio, torch.zeros_like(ratio)).sum() if judged else torch.zeros((), device=o.device),
+        *picks)]).tolist()
+    n_bad, i_bad, flat, mx, n = int(stats[0]), int(stats[1]), int(stats[2]), stats[3], int(stats[4])
+    at = lambda i: tuple(int(j) for j in torch.unravel_index(torch.tensor(i), o.shape))  # noqa: E731
+    if n_bad:
+        return Comparison(False, float("inf"), float("inf"), at(i_bad), *stats[9:12], n_bad, failed=("nonfinite",))
+    idx = at(flat)
+    rms = math.sqrt(stats[5] / max(n, 1))
+    ms = stats[6] / max(n, 1)  # the judged statistic
+    failed = ["max"] if mx > 1.0 else []
+    rms_bound = bias_bound = None
+    bias = stats[7] / max(n, 1)
+    if judged and n:
+        mu = stats[8] / n
         allowed = mu + bernstein(n, CLIP * mu, budget.false_alarm, CLIP)
         rms_bound = math.sqrt(allowed)
         if ms > allowed:
@@ -103,5 +110,5 @@ def compare(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, expected_
             bias_bound = bernstein(n, max(ms, mu), budget.false_alarm / 2, 2 * half)
             if abs(bias) > bias_bound:
                 failed.append("bias")
-    return Comparison(not failed, mx, rms, idx, float(o[idx]), float(r[idx]), float(b[idx]), 0,
+    return Comparison(not failed, mx, rms, idx, *stats[12:15], 0,
                       rms_bound=rms_bound, bias=bias, bias_bound=bias_bound, failed=tuple(failed))
