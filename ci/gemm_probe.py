@@ -3,9 +3,9 @@
     python -m moecheck.ci.gemm_probe [--experts E] [--k K] [--n N] [--rows R]
 
 At bench.py's shape, with even and skewed (Zipf) routing: torch._grouped_mm, the reference's
-grouped_mm as the reference calls it (fp32 activations) and with bf16 ones, and its parts: the cast,
-pad, the padded bmm with fp32 out, unpad, and the per-expert loop. Prints a table, then a
-torch.profiler table of one reference call. CUDA only (the CPU's numbers are bench.py's).
+grouped_mm as the reference calls it (fp32 activations) and with bf16 ones, and its parts: Groups,
+the cast, pad, bucket weights, the buckets' padded bmms with fp32 out, unpad, and the per-expert
+loop. Prints a table, then a torch.profiler table of one reference call. CUDA only (the CPU's numbers are bench.py's).
 """
 from __future__ import annotations
 
@@ -40,18 +40,18 @@ def probe(E: int, K: int, N: int, rows: int, skew: bool) -> list[tuple[str, floa
     out.append(("Groups(counts)", _time(lambda: grouped.Groups(counts, dev))))
     out.append(("cast fp32 -> bf16", _time(lambda: a32.to(torch.bfloat16))))
     out.append((f"loop_mm ({E} mm)", _time(lambda: grouped.loop_mm(a16, w, counts, True))))
-    if gr.padded:
-        p = gr.pad(a16)
-        out.append((f"pad {tuple(p.shape)}", _time(lambda: gr.pad(a16))))
-        try:
-            y = torch.bmm(p, w.transpose(1, 2), out_dtype=torch.float32)
-            out.append(("bmm bf16 -> fp32 out", _time(lambda: torch.bmm(p, w.transpose(1, 2), out_dtype=torch.float32))))
-            out.append(("unpad", _time(lambda: gr.unpad(y))))
-        except Exception as e:  # noqa: BLE001 - what this torch lacks is the finding
-            out.append((f"bmm(out_dtype=) raised {type(e).__name__}: {str(e).splitlines()[0][:80]}", float("nan")))
-        out.append(("bmm bf16 -> bf16 out", _time(lambda: torch.bmm(p, w.transpose(1, 2)))))
-    else:
-        out.append(("(skew: the loop runs, not the padded bmm)", float("nan")))
+    pads, ws = gr.pad(a16), gr.weights(w)
+    out.append((f"pad ({len(pads)} buckets, {sum(p.shape[0] * p.shape[1] for p in pads)} slots)", _time(lambda: gr.pad(a16))))
+    out.append(("bucket weights (slices or gathers)", _time(lambda: gr.weights(w))))
+    try:
+        ys = [torch.bmm(p, we.transpose(1, 2), out_dtype=torch.float32) for p, we in zip(pads, ws)]
+        out.append((f"bmm bf16 -> fp32 out x{len(pads)}", _time(
+            lambda: [torch.bmm(p, we.transpose(1, 2), out_dtype=torch.float32) for p, we in zip(pads, ws)])))
+        out.append(("unpad", _time(lambda: gr.unpad(ys))))
+    except Exception as e:  # noqa: BLE001 - what this torch lacks is the finding
+        out.append((f"bmm(out_dtype=) raised {type(e).__name__}: {str(e).splitlines()[0][:80]}", float("nan")))
+    out.append((f"bmm bf16 -> bf16 out x{len(pads)}", _time(
+        lambda: [torch.bmm(p, we.transpose(1, 2)) for p, we in zip(pads, ws)])))
     return out
 
 

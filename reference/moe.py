@@ -101,7 +101,8 @@ def _ieee_fp32():
 
 def _grouped(a: torch.Tensor, w: torch.Tensor, counts: list[int] | Groups, fast: bool) -> torch.Tensor:
     """Rows of `a` sorted by expert (counts per expert) times w[e].T, fp32 out."""
-    return grouped_mm(a, w, counts if isinstance(counts, Groups) else Groups(counts, a.device), fast)
+    groups = counts if isinstance(counts, Groups) else Groups(counts, a.device, work=a.shape[1] * w.shape[1])
+    return grouped_mm(a, w, groups, fast)
 
 
 def _rnd(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -217,7 +218,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     order = torch.argsort(flat[valid], stable=True)
     e_rows, slot_rows = flat[valid][order], slot[valid][order]
     tok_rows = slot_rows // k
-    groups = Groups(torch.bincount(e_rows, minlength=E).tolist(), dev)
+    groups = Groups(torch.bincount(e_rows, minlength=E).tolist(), dev, work=W2.shape[1] * W2.shape[2])
 
     A = a[tok_rows]
     h = _grouped(A, W13, groups, _bf16_exact(A) and _bf16_exact(W13))
