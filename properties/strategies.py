@@ -9,14 +9,20 @@ without relying on pinned cases (tests/properties/test_power.py measures it with
   - router weight on the input, expert maps, LoRA and biases about half the time where claimed, and
     every claimed activation;
   - routing with skew, everything on one expert and empty experts; values with outliers, tiny
-    magnitudes near scale underflow and block maxima on rounding boundaries.
+    magnitudes near scale underflow and block maxima on rounding boundaries;
+  - on the GPU (device_kind "cuda", numerics properties), one case in four at a real model's expert shape
+    (properties/models.py: H, I and top_k of Qwen3-30B-A3B, DeepSeek-V3, gpt-oss-120b, Mixtral-8x7B; a
+    slice of its experts under a weight budget) with 3..4096 tokens, each octave about as often. The CPU
+    profile draws as before.
 """
 from __future__ import annotations
 
 import math
 
+from hypothesis import currently_in_test_context, event
 from hypothesis import strategies as st
 from moecheck.backends.base import Backend
+from moecheck.properties import models
 from moecheck.properties.case import (
     ROUTER_LOGITS,
     ROUTINGS,
@@ -108,10 +114,15 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         h_align, i_align = fmt.k_multiple, math.lcm(fmt.k_multiple, weight_block_rows(fmt))
     e_max = min(e_max, cap.max_experts or e_max)
     e_min = 2 if edge in ("more_experts_than_tokens", "expert_with_no_rows") else 1
-    routing = draw(_router(cap, e_max)) if prop in ROUTING_PROPERTIES else {}
+    model = _model(draw, cap, h_align, i_align) if device_kind == "cuda" and edge is None else None
+    if model:  # the slice of the layer that fits; 2 or more where there is room (routing kinds, ep_remote)
+        e_max, e_min = model.experts, max(model.top_k, 2)
+    routing = draw(_router(cap, e_max, cap.min_group_experts if model else 1)) if prop in ROUTING_PROPERTIES else {}
     if routing.get("n_group", 1) > 1:  # experts in whole groups
         per_lo = cap.min_group_experts
         experts = routing["n_group"] * draw(st.integers(per_lo, max(per_lo, e_max // routing["n_group"])))
+    elif model:  # the whole slice half the time
+        experts = draw(st.one_of(st.just(e_max), st.integers(min(e_min, e_max), e_max)))
     else:
         experts = draw(st.integers(min(e_min, e_max), e_max))
     ep_remote = draw(st.integers(0, experts - 1)) if cap.expert_map and experts > 1 and draw(st.booleans()) else 0
@@ -124,9 +135,14 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         k_max, ep_remote = max(1, min(k_max, (experts + 1) // 2)), 0
     # real models route to 2..8 experts: the upper half as often as the whole range
     k_any = st.one_of(st.integers(1, k_max), st.integers(max(1, (k_max + 1) // 2), k_max))
-    top_k = 1 if on_input else experts if edge == "top_k_equals_experts" else draw(k_any)
-    t_hi = max(min(t_max, cap.max_tokens or t_max), cap.min_tokens)
-    tokens = _tokens(draw, cap, t_hi, edge, experts)
+    if model:  # the model's own top_k, within the record and the slice
+        top_k = 1 if on_input else min(model.top_k, k_max)
+        t_lo = max(EDGE_TOKENS, cap.min_tokens)
+        tokens = draw(models.tokens(t_lo, max(min(models.MAX_TOKENS, cap.max_tokens or models.MAX_TOKENS), t_lo)))
+    else:
+        top_k = 1 if on_input else experts if edge == "top_k_equals_experts" else draw(k_any)
+        t_hi = max(min(t_max, cap.max_tokens or t_max), cap.min_tokens)
+        tokens = _tokens(draw, cap, t_hi, edge, experts)
     acts = sorted(a for a in cap.activations if a in ACTIVATIONS)
     lora_ok = cap.lora and prop != "padded_equals_unpadded"
     if routing:
@@ -135,7 +151,8 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         on_input = on_input and routing["router"] == "llama4"
     return Case(
         backend=backend.name, format=fmt_name, property=prop, tokens=tokens,
-        hidden=draw(_blocked_size(blk, h_align, h_max)), inter=draw(_blocked_size(blk, i_align, i_max)),
+        hidden=model.hidden if model else draw(_blocked_size(blk, h_align, h_max)),
+        inter=model.inter if model else draw(_blocked_size(blk, i_align, i_max)),
         experts=experts, top_k=top_k,
         dtype=draw(st.sampled_from(sorted(str(d).replace("torch.", "") for d in cap.dtypes
                                           if str(d).replace("torch.", "") in ("bfloat16", "float16")))),
@@ -154,10 +171,24 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
 ROUTING_PROPERTIES = ("routes_like_reference", "matches_reference_from_logits")
 
 
+def _model(draw, cap, h_align: int, i_align: int) -> models.Fitted | None:
+    """One draw in models.SHARE: a real model's shape as the record takes it (else None). None comes
+    first, so a failure shrinks toward the small sizes when it shows there too."""
+    fits = models.fitted(cap, h_align, i_align)
+    if not fits:
+        return None
+    # one sampled_from: st.one_of(none(), none(), none(), models) measured about half model shapes here
+    model = draw(st.sampled_from([None] * ((models.SHARE - 1) * len(fits)) + fits))
+    if model and currently_in_test_context():  # a trace: --hypothesis-show-statistics counts them
+        event(f"model shape: {model.name}")
+    return model
+
+
 @st.composite
-def _router(draw, cap, e_max: int) -> dict:
+def _router(draw, cap, e_max: int, per_lo: int = 1) -> dict:
     """A router kind the record claims, with its group structure, scaling and a kind of logits.
 
+    Groups of at least per_lo experts fit in e_max (a model's slice is a budget, not a soft limit).
     deepseek_v3 draws groups with at least one dropped (the group mask is only tested then), negative
     logits often (a 0-instead-of-minus-infinity mask only shows when biased scores are below 0), and
     DeepSeek-V3's own routed scaling factor (2.5) half the time."""
@@ -166,7 +197,7 @@ def _router(draw, cap, e_max: int) -> dict:
     if kind != "deepseek_v3":
         return {"router": kind, "router_logits": draw(st.sampled_from(ROUTER_LOGITS)),
                 "routed_scaling": draw(st.sampled_from([1.0, *scales]))}
-    n_group = draw(st.sampled_from([g for g in (2, 4, 8) if g <= e_max] or [1]))
+    n_group = draw(st.sampled_from([g for g in (2, 4, 8) if g * per_lo <= e_max] or [1]))
     return {"router": kind, "n_group": n_group, "topk_group": draw(st.integers(1, max(1, n_group - 1))),
             "router_logits": draw(st.sampled_from(["negative", "negative", *ROUTER_LOGITS])),
             "routed_scaling": draw(st.sampled_from(scales))}
