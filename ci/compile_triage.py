@@ -12,7 +12,8 @@ import sys
 import torch
 from moecheck.backends import registry
 from moecheck.backends import torch_compile as tc
-from moecheck.properties.checks import check
+from moecheck.properties.case import build
+from moecheck.properties.checks import _compare, _reference, check
 from moecheck.properties.repro import load_case
 
 
@@ -31,6 +32,30 @@ def main(argv=None) -> None:
                 o = check(b, case.with_(gen=gen), dev)
                 print(f"{path.rsplit('/', 1)[-1][:56]:56s} {mode:8s} gen{gen} {o.verdict:5s} {o.message[:160]}", flush=True)
     tc._compiled = compiled
+    print(f"allow_tf32={torch.backends.cuda.matmul.allow_tf32} precision={torch.get_float32_matmul_precision()}")
+    for path in paths:  # which side moved: the device's reference, or the backend, against the CPU reference
+        case = load_case(path)
+        if case.gen != 2:
+            continue
+        tc._compiled = lambda *a: tc.dense_moe(*a)
+        p_dev, p_cpu = build(case, dev), build(case, "cpu")
+        out = b.run(b.prepare(p_dev), p_dev).cpu()
+        r_dev, r_cpu = _reference(b, p_dev), _reference(b, p_cpu)
+        name = path.rsplit("/", 1)[-1][:40]
+        print(f"{name} eager backend on {dev} vs reference on cpu: {_compare(b, p_cpu, out, r_cpu).summary()[:150]}")
+        print(f"{name} reference on {dev} vs reference on cpu: {_compare(b, p_cpu, r_dev.out.cpu(), r_cpu).summary()[:150]}")
+        print(f"{name} inputs equal: {_digest(p_dev) == _digest(p_cpu)}")
+    tc._compiled = compiled
+
+
+def _digest(p) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (p.hidden_states, p.topk_weights, p.topk_ids, p.w13, p.w2):
+        t = t.dequantize() if hasattr(t, "dequantize") else t
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 if __name__ == "__main__":

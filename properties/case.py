@@ -16,7 +16,7 @@ from moecheck.reference.errors import MoecheckError, did_you_mean, require
 from moecheck.reference.formats import get_format
 from moecheck.reference.lora import MoELoRA
 from moecheck.reference.padding import pad_bias13, pad_hidden, pad_w2, pad_w13
-from moecheck.reference.quantize import calibrate, div, quantize
+from moecheck.reference.quantize import calibrate, div_, quantize
 from moecheck.reference.routing import RouterSpec, route
 
 ROUTINGS = ("softmax", "skewed", "one_expert", "empty_experts")
@@ -213,15 +213,20 @@ def _routing(g, c: Case, n_local_ok: torch.Tensor):
 TILE = 64  # weight tiles of one magnitude: finer than any 128x128 scale block
 
 
-def _tile_magnitudes(c: Case, shape, which: int, dev) -> torch.Tensor:
-    """Per 64x64 tile of each expert's weight, a magnitude in [1/4, 4), as real checkpoints' blocks differ:
-    a kernel that reads another block's (or expert's) scale is then wrong by a visible factor. Drawn from
-    a generator of its own, after everything else, so the other tensors of a case stay as they were."""
+def _scale_tiles_(w: torch.Tensor, c: Case, which: int, dev) -> torch.Tensor:
+    """Multiply each 64x64 tile of each expert's weight, in place, by a magnitude in [1/4, 4), as real
+    checkpoints' blocks differ: a kernel that reads another block's (or expert's) scale is then wrong by a
+    visible factor. Drawn from a generator of its own, after everything else, so the other tensors of a
+    case stay as they were. In place and, for whole tiles, through a broadcast view: a model-sized
+    layer's weights are a GiB, and a full-size copy of the magnitudes would double that."""
     g = rng(c.gen, (c.seed * 7919 + which) % 2**63, dev)
-    e, r, k = shape
-    tiles = g.magnitudes(e, -(-r // TILE), -(-k // TILE), device=dev)
-    rows, cols = torch.arange(r, device=tiles.device) // TILE, torch.arange(k, device=tiles.device) // TILE
-    return tiles[:, rows[:, None], cols[None, :]]  # each element its tile's magnitude, in one gather
+    e, r, k = w.shape
+    tiles = g.magnitudes(e, -(-r // TILE), -(-k // TILE), device=dev).to(w.device)
+    if r % TILE == 0 and k % TILE == 0:
+        w.view(e, r // TILE, TILE, k // TILE, TILE).mul_(tiles[:, :, None, :, None])
+        return w
+    rows, cols = torch.arange(r, device=w.device) // TILE, torch.arange(k, device=w.device) // TILE
+    return w.mul_(tiles[:, rows[:, None], cols[None, :]])  # each element its tile's magnitude, in one gather
 
 
 GENERATORS = {1: "torch's CPU generator", 2: "moecheck's counter-based stream"}
@@ -252,8 +257,8 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
     x = _values(g, (c.tokens, c.hidden), c.values, elem_max, dev).to(dt)
     n_local = c.experts - c.ep_remote
     rows13 = 2 * c.inter if act.gated else c.inter
-    w13 = div(g.randn(n_local, rows13, c.hidden, device=dev), c.hidden**0.5)
-    w2 = div(g.randn(n_local, c.hidden, c.inter, device=dev), c.inter**0.5)
+    w13 = div_(g.randn(n_local, rows13, c.hidden, device=dev), c.hidden**0.5)
+    w2 = div_(g.randn(n_local, c.hidden, c.inter, device=dev), c.inter**0.5)
     expert_map = None
     if c.ep_remote:
         perm = g.randperm(c.experts, device="cpu")
@@ -273,7 +278,7 @@ def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] |
     if fmt.act is not None and fmt.act.static:  # calibrated scales: on the input itself, a fixed guess for the intermediate
         a1 = calibrate(x, fmt.act).clamp(min=2.0**-20)
         a2 = torch.tensor(2.0**-6)
-    w13, w2 = w13 * _tile_magnitudes(c, w13.shape, 1, dev), w2 * _tile_magnitudes(c, w2.shape, 2, dev)
+    w13, w2 = _scale_tiles_(w13, c, 1, dev), _scale_tiles_(w2, c, 2, dev)
     if pad_to is not None:
         hp, ip = pad_to
         x, w13, w2 = pad_hidden(x, hp), pad_w13(w13, ip, hp, act), pad_w2(w2, hp, ip)

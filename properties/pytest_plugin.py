@@ -57,7 +57,32 @@ def pin_worker_gpu(environ=os.environ) -> str | None:
         return None
     dev = visible[int(worker[2:]) % len(visible)]
     environ["CUDA_VISIBLE_DEVICES"] = dev
+    _GPUS[:] = [len(visible)]
     return dev
+
+
+_GPUS: list[int] = []  # how many GPUs the workers were spread over
+GPU_SHARE = 0.95  # of a GPU's memory, split among the workers on it (the rest: the driver, other processes)
+
+
+def share_gpu_memory(environ=os.environ) -> float | None:
+    """Cap this worker's CUDA memory at its share of the GPU it shares with other workers. Without a cap
+    each process's caching allocator keeps what its largest case needed, and twelve workers on one
+    H200 ran each other out of memory. Called once, when a worker first runs a CUDA test (not at
+    import: CUDA would then be initialized before isolation's children fork)."""
+    n = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if n < 2 or _SHARED:
+        return _SHARED[0] if _SHARED else None
+    import torch
+
+    per_gpu = -(-n // max(1, _GPUS[0] if _GPUS else 1))
+    frac = min(1.0, GPU_SHARE / per_gpu)
+    torch.cuda.set_per_process_memory_fraction(frac)
+    _SHARED.append(frac)
+    return frac
+
+
+_SHARED: list[float] = []
 
 
 def _count_gpus() -> int:

@@ -21,6 +21,7 @@ from moecheck.backends import registry
 from moecheck.properties import isolation
 from moecheck.properties.case import Case
 from moecheck.properties.checks import PROPERTIES, Outcome, check
+from moecheck.properties.pytest_plugin import share_gpu_memory
 from moecheck.properties.repro import repro_command, save_case
 from moecheck.properties.strategies import EDGES, cases, edge_applies, fit
 
@@ -88,6 +89,8 @@ class Tally:
         self.device = self.backend.availability().device
         self.ran, self.err, self.rms, self.bias, self.worst = 0, 0.0, 0.0, 0.0, None
         self.skips, self.unclaimed, self.refused, self.failures = [], [], [], []
+        if self.device == "cuda":
+            share_gpu_memory()
         if _CONTEXT_LOST and self.device == "cuda":
             pytest.skip(f"CUDA context lost after {_CONTEXT_LOST[0][0]} ({_CONTEXT_LOST[0][1]}); "
                         "`moecheck run` runs tests under xdist, which restarts the worker instead")

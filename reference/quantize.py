@@ -41,6 +41,11 @@ def div(t: torch.Tensor, d: float) -> torch.Tensor:
     return t / torch.full((), d, dtype=t.dtype, device=t.device)
 
 
+def div_(t: torch.Tensor, d: float) -> torch.Tensor:
+    """div, in place."""
+    return t.div_(torch.full((), d, dtype=t.dtype, device=t.device))
+
+
 def _poison(s: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
     """Zero block -> scale 1 (codes 0); non-finite amax -> NaN scale, so the block dequantizes to NaN
     instead of being silently quantized against a made-up scale (torchao does the same for MX)."""

@@ -97,3 +97,18 @@ def test_workers_share_the_cores_instead_of_each_taking_all():
         assert share_cpu_threads({}) is None  # not an xdist worker: left alone
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("workers, gpus, share", [(12, 1, 12), (8, 4, 2), (3, 2, 2), (1, 1, None)])
+def test_workers_on_one_gpu_split_its_memory(monkeypatch, workers, gpus, share):
+    import torch
+    from moecheck.properties import pytest_plugin as pp
+
+    got = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, *a: got.append(f))
+    monkeypatch.setattr(pp, "_GPUS", [gpus])
+    monkeypatch.setattr(pp, "_SHARED", [])
+    frac = pp.share_gpu_memory({"PYTEST_XDIST_WORKER_COUNT": str(workers)})
+    want = None if share is None else pp.GPU_SHARE / share
+    assert frac == want and got == ([] if want is None else [want])
+    assert pp.share_gpu_memory({"PYTEST_XDIST_WORKER_COUNT": str(workers)}) == frac and len(got) <= 1  # once
