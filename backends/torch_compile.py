@@ -20,13 +20,15 @@ from moecheck.reference.qtensor import QTensor
 from moecheck.reference.quantize import fake_quantize
 
 
-def dense_moe(x, w13, w2, dense_w, act_spec, act_q, a1, a2, b13, b2):
-    """x [T,H] fp32; w13 [E,2I,H]; w2 [E,H,I]; dense_w [T,E] routing weight (0: not routed); biases
-    [E,2I] and [E,H] (zeros where the case has none)."""
+def dense_moe(x, w13, w2, dense_w, routed, act_spec, act_q, a1, a2, b13, b2):
+    """x [T,H] fp32; w13 [E,2I,H]; w2 [E,H,I]; dense_w [T,E] routing weight; routed [T,E] bool, from
+    the ids: a routed slot's weight may be 0 (an underflowed softmax, or a denormal that CUDA's atomicAdd
+    flushes) and its row still counts in a per-tensor activation scale; biases [E,2I] and [E,H] (zeros
+    where the case has none)."""
     a = fake_quantize(x, act_q, a1)
     h = torch.einsum("th,enh->etn", a, w13) + b13[:, None, :]
     y = act_mod.apply(h, act_spec)
-    routed = (dense_w.T > 0)[..., None]
+    routed = routed.T[..., None]
     if act_q is not None:  # re-quantize the routed rows only: scales must not see unrouted rows
         rows = y[routed.expand_as(y)].view(-1, y.shape[-1])
         yq = torch.zeros_like(y)
@@ -69,11 +71,13 @@ class TorchCompile(Backend):
         local = p.expert_map.long()[ids] if p.expert_map is not None else ids
         tw = torch.ones_like(p.topk_weights.float()) if p.apply_router_weight_on_input else p.topk_weights.float()
         dense = torch.zeros(p.tokens, p.experts + 1, device=p.device)
-        dense.scatter_add_(1, torch.where(local >= 0, local, p.experts), tw)
+        slot = torch.where(local >= 0, local, p.experts)
+        dense.scatter_add_(1, slot, tw)
+        routed = torch.zeros(p.tokens, p.experts + 1, dtype=torch.bool, device=p.device).scatter_(1, slot, True)
         # one graph for both input dtypes and with or without biases (a zero bias adds exactly 0): each
         # new graph costs seconds of compile, and a guard on dtype or None-ness would multiply them
         f = lambda t, rows: torch.zeros(p.experts, rows, device=p.device) if t is None else t.float()  # noqa: E731
-        res = _compiled(scaled_input(p).float(), w13, w2, dense[:, :p.experts].contiguous(), p.activation, p.fmt.act,
+        res = _compiled(scaled_input(p).float(), w13, w2, dense[:, :p.experts].contiguous(), routed[:, :p.experts].contiguous(), p.activation, p.fmt.act,
                         p.a1_scale, p.a2_scale, f(p.w13_bias, w13.shape[1]), f(p.w2_bias, p.hidden)).to(p.hidden_states.dtype)
         if out is None:
             return res
