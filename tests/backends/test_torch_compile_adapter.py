@@ -3,7 +3,6 @@ per-tensor activation scale sees are the routed ones, whatever their weights."""
 from __future__ import annotations
 
 import pytest
-import torch
 from moecheck.backends import registry
 from moecheck.backends import torch_compile as tc
 from moecheck.properties.case import Case, build
