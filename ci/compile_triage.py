@@ -12,7 +12,7 @@ import sys
 import torch
 from moecheck.backends import registry
 from moecheck.backends import torch_compile as tc
-from moecheck.properties.case import build
+from moecheck.properties.case import build, digest
 from moecheck.properties.checks import _compare, _reference, check
 from moecheck.properties.repro import load_case
 
@@ -44,18 +44,8 @@ def main(argv=None) -> None:
         name = path.rsplit("/", 1)[-1][:40]
         print(f"{name} eager backend on {dev} vs reference on cpu: {_compare(b, p_cpu, out, r_cpu).summary()[:150]}")
         print(f"{name} reference on {dev} vs reference on cpu: {_compare(b, p_cpu, r_dev.out.cpu(), r_cpu).summary()[:150]}")
-        print(f"{name} inputs equal: {_digest(p_dev) == _digest(p_cpu)}")
+        print(f"{name} inputs equal: {digest(p_dev) == digest(p_cpu)}")
     tc._compiled = compiled
-
-
-def _digest(p) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in (p.hidden_states, p.topk_weights, p.topk_ids, p.w13, p.w2):
-        t = t.dequantize() if hasattr(t, "dequantize") else t
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 if __name__ == "__main__":

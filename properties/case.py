@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from moecheck.backends.problem import MoEProblem
-from moecheck.properties.rng import Stream, TorchRNG
+from moecheck.properties.rng import GENERATORS, rng
 from moecheck.reference.errors import MoecheckError, did_you_mean, require
 from moecheck.reference.formats import get_format
 from moecheck.reference.lora import MoELoRA
@@ -229,12 +229,19 @@ def _scale_tiles_(w: torch.Tensor, c: Case, which: int, dev) -> torch.Tensor:
     return w.mul_(tiles[:, rows[:, None], cols[None, :]])  # each element its tile's magnitude, in one gather
 
 
-GENERATORS = {1: "torch's CPU generator", 2: "moecheck's counter-based stream"}
+def digest(p: MoEProblem) -> str:
+    """A hash of a built problem's tensors (weights dequantized), wherever they live: "the same case"
+    checked bit for bit across generators, devices and versions."""
+    import hashlib
 
-
-def rng(gen: int, seed: int, device):
-    """gen 1: tensors made on the CPU (and moved); gen 2: made on `device`, the same bits on any device."""
-    return TorchRNG(seed) if gen == 1 else Stream(seed, device)
+    h = hashlib.sha256()
+    for name in ("hidden_states", "topk_weights", "topk_ids", "w13", "w2", "w13_bias", "w2_bias", "expert_map"):
+        t = getattr(p, name)
+        if t is None:
+            continue
+        t = t.dequantize() if hasattr(t, "dequantize") else t
+        h.update(name.encode() + t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def build(c: Case, device: str | torch.device = "cpu", pad_to: tuple[int, int] | None = None) -> MoEProblem:

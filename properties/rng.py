@@ -78,10 +78,14 @@ class Stream:
         self.draws += 1
         return k
 
+    @staticmethod
+    def _words(n: int, per: int) -> None:
+        if n * per >= 1 << 32:  # indices are 32-bit: a longer draw would repeat itself
+            raise ValueError(f"a Stream draw holds at most 2^32 words, asked for {n} x {per}")
+
     def _bits(self, n: int, per: int, device) -> torch.Tensor:
         """[n, per] 32-bit uniform integers (int64) of the next draw."""
-        if n * per >= 1 << 32:
-            raise ValueError(f"a Stream draw holds at most 2^32 words, asked for {n} x {per}")
+        self._words(n, per)
         k = self._next_key()
         dev = torch.device(device) if device is not None else self.device
         out = torch.empty(n * per, dtype=torch.int64, device=dev)
@@ -94,8 +98,7 @@ class Stream:
         n = math.prod(shape)
         dev = torch.device(device) if device is not None else self.device
         if dev.type == "cuda" and _triton() is not None:
-            if n * 2 >= 1 << 32:
-                raise ValueError(f"a Stream draw holds at most 2^32 words, asked for {n} x 2")
+            self._words(n, 2)
             out = torch.empty(shape, dtype=torch.float32, device=dev)
             _triton().randn_into(out, self._next_key(), SD)
             return out
@@ -122,3 +125,11 @@ class Stream:
         m = 1.0 + self.rand(*shape, device=device)
         e = self.randint(-2, 2, shape, device=device)
         return torch.ldexp(m, e)
+
+
+GENERATORS = {1: "torch's CPU generator", 2: "moecheck's counter-based stream"}  # Case.gen
+
+
+def rng(gen: int, seed: int, device):
+    """gen 1: tensors made on the CPU (and moved); gen 2: made on `device`, the same bits on any device."""
+    return TorchRNG(seed) if gen == 1 else Stream(seed, device)

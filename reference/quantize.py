@@ -35,15 +35,20 @@ def _blocked(x: torch.Tensor, br: int, bc: int, fill: float) -> torch.Tensor:
     return x.transpose(-3, -2).reshape(*lead, x.shape[-4], x.shape[-2], br * bc)
 
 
+def _divisor(t: torch.Tensor, d: float) -> torch.Tensor:
+    """d as a tensor beside t. CUDA turns a division by a Python number into a multiplication by its
+    reciprocal, which can differ in the last bit (amax / 448 is a scale); by a tensor it divides."""
+    return torch.full((), d, dtype=t.dtype, device=t.device)
+
+
 def div(t: torch.Tensor, d: float) -> torch.Tensor:
-    """t / d correctly rounded on every device. CUDA turns a division by a Python number into a
-    multiplication by its reciprocal, which can differ in the last bit (amax / 448 is a scale)."""
-    return t / torch.full((), d, dtype=t.dtype, device=t.device)
+    """t / d correctly rounded on every device."""
+    return t / _divisor(t, d)
 
 
 def div_(t: torch.Tensor, d: float) -> torch.Tensor:
     """div, in place."""
-    return t.div_(torch.full((), d, dtype=t.dtype, device=t.device))
+    return t.div_(_divisor(t, d))
 
 
 def _poison(s: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
