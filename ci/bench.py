@@ -11,8 +11,11 @@ import json
 import statistics
 import sys
 import time
+import warnings
+from fnmatch import fnmatchcase
 
 import torch
+from hypothesis.errors import NonInteractiveExampleWarning
 from moecheck.backends import registry
 from moecheck.properties.checks import PROPERTIES, check
 from moecheck.properties.strategies import cases, fit
@@ -62,24 +65,40 @@ def gemm_vs_reference(E=128, K=2048, N=768, rows=32768) -> dict:
             "reference_fast_path": fast}
 
 
-def examples_per_second(n: int) -> list[dict]:
+def _line(r: dict) -> str:
+    return f"{r['backend']:24s} {r['format']:18s} {r['property']:24s} {r['device']:5s} {r['examples_per_s']:8.1f} ex/s"
+
+
+def examples_per_second(n: int, backends: list[str] | None = None, echo=None) -> list[dict]:
+    """examples/s per (backend, property) for the backends matching `backends` (fnmatch; all when empty);
+    echo(line) as each row is measured, so a benchmark cut short keeps what it measured."""
     out = []
-    for name, b in sorted(registry.load_all().items()):
-        av = b.availability()
-        if not av.ok or not b.capability.formats:
-            continue
-        fmt = "bf16" if "bf16" in b.capability.formats else sorted(b.capability.formats)[0]
-        for prop in [n for n, p in PROPERTIES.items() if p.applies(b)]:  # a router property needs a router
-            strat = cases(b, fmt, prop, av.device)
-            drawn = [fit(strat.example(), b) for _ in range(n)]
-            check(b, fit(strat.example(), b), av.device)  # warm-up, untimed: imports, first compiles and launches
-            t0 = time.perf_counter()
-            for c in drawn:
-                check(b, c, av.device)
-            dt = time.perf_counter() - t0
-            out.append({"backend": name, "format": fmt, "property": prop, "device": av.device,
-                        "examples": n, "examples_per_s": n / dt})
+    with warnings.catch_warnings():  # .example() outside @given is the point here: draws timed apart from checks
+        warnings.simplefilter("ignore", NonInteractiveExampleWarning)
+        for name, b in sorted(registry.load_all().items()):
+            if backends and not any(fnmatchcase(name, pat) for pat in backends):
+                continue
+            _measure(name, b, n, out, echo)
     return out
+
+
+def _measure(name: str, b, n: int, out: list[dict], echo) -> None:
+    av = b.availability()
+    if not av.ok or not b.capability.formats:
+        return
+    fmt = "bf16" if "bf16" in b.capability.formats else sorted(b.capability.formats)[0]
+    for prop in [k for k, p in PROPERTIES.items() if p.applies(b)]:  # a router property needs a router
+        strat = cases(b, fmt, prop, av.device)
+        drawn = [fit(strat.example(), b) for _ in range(n)]
+        check(b, fit(strat.example(), b), av.device)  # warm-up, untimed: imports, first compiles and launches
+        t0 = time.perf_counter()
+        for c in drawn:
+            check(b, c, av.device)
+        dt = time.perf_counter() - t0
+        out.append({"backend": name, "format": fmt, "property": prop, "device": av.device,
+                    "examples": n, "examples_per_s": n / dt})
+        if echo is not None:
+            echo(_line(out[-1]))
 
 
 def records(res: dict) -> list:
@@ -92,8 +111,8 @@ def records(res: dict) -> list:
     return rows + [BenchRecord(**r) for r in res["properties"]]
 
 
-def measure(examples: int) -> dict:
-    return {"gemm": gemm_vs_reference(), "properties": examples_per_second(examples)}
+def measure(examples: int, backends: list[str] | None = None, echo=None) -> dict:
+    return {"gemm": gemm_vs_reference(), "properties": examples_per_second(examples, backends, echo)}
 
 
 def table(res: dict) -> str:
@@ -101,8 +120,7 @@ def table(res: dict) -> str:
     lines = [f"GEMM E={g['E']} K={g['K']} N={g['N']} rows={g['rows']} on {g['device']}: torch._grouped_mm "
              f"{g['grouped_mm_ms']:.3f} ms ({g['grouped_mm_tflops']:.0f} TFLOP/s), reference {g['reference_ms']:.3f} ms, "
              f"ratio {g['ratio']:.2f}"]
-    for r in res["properties"]:
-        lines.append(f"{r['backend']:24s} {r['format']:18s} {r['property']:24s} {r['device']:5s} {r['examples_per_s']:8.1f} ex/s")
+    lines += [_line(r) for r in res["properties"]]
     return "\n".join(lines)
 
 

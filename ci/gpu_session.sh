@@ -12,6 +12,7 @@
 #   whole    the three torch backends in one run (issue 14: EX examples per property within WHOLE_S)
 #   stages   ci/stages.py (each stage's share of a CUDA example; STAGES_KERNELS=N: the top N profiler ops),
 #            ci/gemm_probe.py (the reference GEMM's parts) and ci/bench.py (examples/s, GEMM ratio)
+#   bench    ci/bench.py alone, for the backends in BENCH_BACKENDS (default torch_*: the CPU ones are CI's)
 #   triton   vllm_triton_{bf16,fp8_*,int8_w8a8}: the numerics, the edges on lines of their own
 #   wna16 modular cutlass marlin ogs lora routers   the other vLLM families
 #   recheck  vllm_triton_bf16, _fp8_tensor_static, vllm_modular_triton again (after a record fix)
@@ -51,6 +52,13 @@ grid() {  # grid BACKEND FORMAT HIDDEN INTER [extra args]
     >> "$W/grid.txt" 2>&1; echo "grid $b $f rc=$?"
 }
 
+bench() {  # examples/s of the GPU backends (BENCH_BACKENDS, fnmatch, comma list); rows print as they are measured
+  local pats bs=(); IFS=, read -ra pats <<< "${BENCH_BACKENDS:-torch_*}"  # read: no glob expansion
+  for b in "${pats[@]}"; do bs+=(--backend "$b"); done
+  timeout ${BENCH_S:-240} python3 -W ignore -m moecheck.ci.bench --examples ${BENCH_EX:-10} "${bs[@]}" --out "$W/bench.json" \
+    > "$W/bench.txt" 2>&1; echo "bench rc=$?"
+}
+
 one_phase() {
   local phase=$1
   echo "== phase $phase ($(date -u +%H:%M:%S))"
@@ -85,8 +93,8 @@ EOF2
         --out "$W/stages.json" > "$W/stages.txt" 2>&1
       echo "stages rc=$?"
       timeout ${GEMM_S:-120} python3 -W ignore -m moecheck.ci.gemm_probe > "$W/gemm.txt" 2>&1; echo "gemm_probe rc=$?"
-      timeout ${BENCH_S:-240} python3 -W ignore -m moecheck.ci.bench --examples ${BENCH_EX:-10} --out "$W/bench.json" \
-        > "$W/bench.txt" 2>&1; echo "bench rc=$?" ;;
+      bench ;;
+    bench) bench ;;
     triton) suite triton --backend vllm_triton_bf16 --backend 'vllm_triton_fp8_*' --backend vllm_triton_int8_w8a8 ;;
     wna16) suite wna16 --backend 'vllm_triton_int*_w*a16' ;;
     modular) suite modular --backend 'vllm_modular_*' ;;

@@ -1,6 +1,7 @@
 """QTensor: quantized codes with their scales in storage form, and exact dequantization."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,20 @@ def block_dims(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, int]:
     br = spec.block[0] if spec.block[0] is not None else max(r, 1)
     bc = spec.block[1] if spec.block[1] is not None else max(c, 1)
     return br, bc
+
+
+CHUNK = 1 << 25  # elements per pass over a stack of slices: bounds the dozen fp32 temporaries of one pass
+
+
+def lead_slices(shape: tuple[int, ...]) -> list[slice]:
+    """Ranges of dim 0 of a [S, ..., R, C] stack holding at most CHUNK elements each (one slice at least).
+    Scales never span slices, so quantizing or dequantizing slice by slice gives the same bits."""
+    if len(shape) < 3:
+        return [slice(None)]
+    step = max(1, CHUNK // max(1, math.prod(shape[1:])))
+    if shape[0] <= step:
+        return [slice(None)]
+    return [slice(i, min(i + step, shape[0])) for i in range(0, shape[0], step)]
 
 
 def expand_blocks(s: torch.Tensor, shape: tuple[int, ...], br: int, bc: int) -> torch.Tensor:
@@ -64,7 +79,35 @@ class QTensor:
             return self.scales.float()
         return self.scales.float()
 
+    def rows(self, s: slice) -> "QTensor":
+        """Slices s of dim 0 (one expert range of a weight stack)."""
+        cut = lambda t: None if t is None else t[s]  # noqa: E731
+        n = len(range(*s.indices(self.shape[0])))
+        return QTensor(self.codes[s], self.scales[s], self.spec, (n, *self.shape[1:]), cut(self.zeros), cut(self.global_scale))
+
+    @staticmethod
+    def cat(parts: list["QTensor"]) -> "QTensor":
+        """The slices of one stack, back in one QTensor."""
+        first = parts[0]
+        cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        shape = (sum(q.shape[0] for q in parts), *first.shape[1:])
+        return QTensor(torch.cat([q.codes for q in parts]), torch.cat([q.scales for q in parts]), first.spec, shape,
+                       cat([q.zeros for q in parts]), cat([q.global_scale for q in parts]))
+
+    def _by_slices(self, fn, dtype: torch.dtype) -> torch.Tensor | None:
+        """fn(slice) for each CHUNK of dim 0 into one output; None when one pass fits."""
+        parts = lead_slices(self.shape)
+        if len(parts) == 1:
+            return None
+        out = torch.empty(self.shape, dtype=dtype, device=self.codes.device)
+        for s in parts:
+            out[s] = fn(self.rows(s))
+        return out
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        out = self._by_slices(lambda q: q.dequantize(dtype), dtype)
+        if out is not None:
+            return out
         q = self.element_values()
         br, bc = self.block
         s = expand_blocks(self.scale_values(), self.shape, br, bc)
@@ -81,6 +124,9 @@ class QTensor:
         The error model charges one of these wherever a backend may round a value to the
         neighbouring code (re-quantized intermediates, dynamic activation quantization).
         """
+        out = self._by_slices(QTensor.step, torch.float32)
+        if out is not None:
+            return out
         cd = self.spec.codec
         q = self.element_values()
         br, bc = self.block

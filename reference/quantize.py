@@ -18,7 +18,7 @@ from moecheck.reference.codecs import (
 )
 from moecheck.reference.errors import MoecheckError, require
 from moecheck.reference.layouts import pack_nibbles
-from moecheck.reference.qtensor import QTensor, block_dims, e4m3_storage, expand_blocks
+from moecheck.reference.qtensor import QTensor, block_dims, e4m3_storage, expand_blocks, lead_slices
 from moecheck.reference.spec import MXScaleMode, QuantSpec, ScaleRule
 
 _FLOAT_INPUTS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -152,6 +152,9 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None
     br, bc = _check_input(x, spec)
     require(not spec.static or scale is not None, "a static spec needs its calibrated scale: quantize(x, spec, scale)")
     require(spec.static or scale is None, "a scale was given but the spec is dynamic (static=False)")
+    parts = lead_slices(tuple(x.shape))
+    if len(parts) > 1 and (scale is None or isinstance(scale, torch.Tensor) and scale.numel() == 1):  # a large stack: slice by slice, same bits
+        return QTensor.cat([quantize(x[s], spec, scale) for s in parts])
     cd = spec.codec
     shape = tuple(x.shape)
     xf = x.float()

@@ -1,12 +1,13 @@
 """`moecheck bench`: the benchmarks of ci/bench.py, optionally kept in the results store.
 
-    moecheck bench [--out FILE] [--examples N] [--store FILE] [--attach latest|new]
+    moecheck bench [--out FILE] [--examples N] [--backend PAT ...] [--store FILE] [--attach latest|new]
 
 With --store the rows are appended to the store's newest run if it started within 12 hours (the
 nightly's property run, as `moecheck e2e` does), else, or with --attach new, to a run of their own
 (profile 'bench'). --attach latest expects the store to exist (the nightly's run made it; a missing
 file is a typo); --attach new creates it. The store is checked before the benchmark runs, so bad
-input costs no benchmark time. Exit 0 measured (and stored); 2 bad input.
+input costs no benchmark time. Each row is printed to stderr as it is measured, so a benchmark cut short
+keeps what it measured. Exit 0 measured (and stored); 2 bad input.
 """
 from __future__ import annotations
 
@@ -39,7 +40,15 @@ def bench(args: argparse.Namespace) -> int:
     require(args.examples >= 1, f"--examples must be >= 1, got {args.examples}")
     if args.store:
         _open(args.store, args.attach).close()  # a missing or foreign store fails now, not after the benchmark
-    res = benchmarks.measure(args.examples)
+    if args.backend:
+        from fnmatch import fnmatchcase
+
+        from moecheck.backends import registry
+
+        names = registry.load_all()
+        unknown = [p for p in args.backend if not any(fnmatchcase(n, p) for n in names)]
+        require(not unknown, f"--backend {', '.join(unknown)}: no such backend (moecheck backends lists them)")
+    res = benchmarks.measure(args.examples, args.backend, echo=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -54,6 +63,8 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="examples/s per property and the reference GEMM vs torch._grouped_mm")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     p.add_argument("--examples", type=int, default=10, help="examples timed per (backend, property)")
+    p.add_argument("--backend", action="append", default=[], metavar="PAT",
+                   help="only backends matching PAT (fnmatch; repeatable; default all)")
     p.add_argument("--store", default=None, help="append the numbers to this results store")
     p.add_argument("--attach", choices=("latest", "new"), default="latest",
                    help="store: append to the newest run if it started within 12 h (the nightly's), or start a new one")

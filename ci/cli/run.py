@@ -54,7 +54,7 @@ def _pytest_cmd(args, report: Path) -> tuple[list[str], dict[str, str]]:
     workers = "1" if args.workers == "0" else args.workers
     cmd = [sys.executable, "-m", "pytest", "-p", "moecheck.properties.pytest_plugin", "-p", "moecheck.ci.progress",
            "-p", "no:cacheprovider", "--import-mode=importlib", "--confcutdir", str(pkg), "--rootdir", str(pkg),
-           "-q", "-n", workers, "--max-worker-restart", str(MAX_WORKER_RESTARTS), *junit, str(pkg / "test_properties.py")]
+           "-q", "-n", workers, "--dist", "loadgroup", "--max-worker-restart", str(MAX_WORKER_RESTARTS), *junit, str(pkg / "test_properties.py")]
     return cmd, env
 
 

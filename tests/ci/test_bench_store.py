@@ -73,7 +73,7 @@ def test_a_v2_store_is_migrated_and_keeps_its_data(tmp_path):
 
 @pytest.fixture
 def fake_measure(monkeypatch):
-    monkeypatch.setattr(benchmarks, "measure", lambda n: fake_result())
+    monkeypatch.setattr(benchmarks, "measure", lambda n, backends=None, echo=None: fake_result())
 
 
 def _bench(capsys, tmp_path, *args) -> tuple[int, str, str]:
@@ -114,7 +114,7 @@ def test_bench_store_starts_its_own_run_when_none_is_recent_or_asked(tmp_path, c
     (["--examples", "0"], "--examples must be >= 1"),
 ])
 def test_bench_bad_input_is_one_line_exit_2_before_measuring(tmp_path, capsys, monkeypatch, args, needle):
-    def measure(_n):
+    def measure(_n, backends=None, echo=None):
         raise AssertionError("bad input must fail before the benchmark runs")
     monkeypatch.setattr(benchmarks, "measure", measure)
     rc, out, err = _bench(capsys, tmp_path, *[a.format(tmp=tmp_path) for a in args])
@@ -170,3 +170,10 @@ def test_the_real_benchmark_lands_in_the_store(tmp_path, capsys):
         rows = store.bench()
     assert rows[0].property == GEMM_RATIO and rows[0].ratio > 0
     assert len(rows) > 1 and all(r.examples == 1 and r.examples_per_s > 0 for r in rows[1:])
+
+
+def test_bench_measures_only_the_backends_asked_and_prints_each_row_as_it_goes():
+    lines: list[str] = []
+    rows = benchmarks.examples_per_second(1, ["cpu_rout*"], echo=lines.append)
+    assert rows and {r["backend"] for r in rows} == {"cpu_router"}
+    assert len(lines) == len(rows) and all("ex/s" in s and "cpu_router" in s for s in lines)

@@ -1,0 +1,34 @@
+"""A backend that compiles per format (Capability.compiles) has its tests of one format on one xdist
+worker: `moecheck run` distributes by group, so each graph compiles once per run, not once per worker."""
+import dataclasses
+from types import SimpleNamespace
+
+from moecheck.backends import registry
+from moecheck.ci.cli import run as cli_run
+from moecheck.properties import test_properties as tp
+
+
+def _groups(params) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for p in params:
+        names = [m.args[0] for m in p.marks if m.name == "xdist_group"]
+        out.setdefault(p.values[0], set()).update(names or ["-"])
+    return out
+
+
+def test_a_compiling_backends_tests_are_grouped_by_format_and_others_are_not(monkeypatch):
+    base = registry.get("cpu_loop")
+    cap = dataclasses.replace(base.capability, compiles=True, formats=frozenset({"bf16", "fp8_block"}))
+    jit = dataclasses.replace(base, name="jit_toy", capability=cap)
+    monkeypatch.setattr(registry, "suite", lambda *a: {"cpu_loop": base, "jit_toy": jit})
+    for kind in ("property", "edge", "pinned"):
+        groups = _groups(tp._params(kind))
+        assert groups["jit_toy"] == {"jit_toy:bf16", "jit_toy:fp8_block"}, kind
+        assert groups["cpu_loop"] == {"-"}, kind
+
+
+def test_moecheck_run_distributes_by_group(tmp_path):
+    args = SimpleNamespace(profile=None, plugin=[], timeout=None, junitxml=None, workers="2", backend=[], format=[],
+                           property=[])
+    cmd, _ = cli_run._pytest_cmd(args, tmp_path)
+    assert cmd[cmd.index("--dist") + 1] == "loadgroup"
