@@ -56,7 +56,7 @@ def gemm_vs_reference(E=128, K=2048, N=768, rows=32768) -> dict:
     wt = w.transpose(1, 2)
     t_gmm = _time(lambda: torch._grouped_mm(a, wt, offs=offs))
     af = a.float()  # activations reach the reference GEMM in fp32; bf16 weights stay bf16 (moe._deq)
-    fast = ref_moe._bf16_exact(af) and ref_moe._bf16_exact(w)
+    fast = ref_moe._fast(af, w)  # what the reference does (IEEE fp32 unless TENSOR_CORE_REFERENCE)
     with ref_moe._ieee_fp32():
         t_ref = _time(lambda: ref_moe._grouped(af, w, counts, fast))
     flops = 2 * rows * K * N

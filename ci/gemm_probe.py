@@ -2,8 +2,10 @@
 
     python -m moecheck.ci.gemm_probe [--experts E] [--k K] [--n N] [--rows R]
 
-At bench.py's shape, with even and skewed (Zipf) routing: torch._grouped_mm, the reference's
-grouped_mm as the reference calls it (fp32 activations) and with bf16 ones, and its parts: Groups,
+At bench.py's shape, with even and skewed (Zipf) routing: torch._grouped_mm; the reference's grouped_mm
+as the reference runs it (IEEE fp32), and its bf16 tensor-core path with fp32 and bf16 activations, with
+that path's mean signed difference from IEEE in fp32 ulps (a bias toward zero is why the reference does
+not take it: moe.TENSOR_CORE_REFERENCE); and the tensor-core path's parts: Groups,
 the cast, pad, bucket weights, the buckets' padded bmms with fp32 out, unpad, and the per-expert
 loop. Prints a table, then a torch.profiler table of one reference call. CUDA only (the CPU's numbers are bench.py's).
 """
@@ -25,6 +27,12 @@ def _counts(rows: int, E: int, skew: bool) -> list[int]:
     return c.tolist()
 
 
+def _ieee():
+    from moecheck.reference.moe import _ieee_fp32
+
+    return _ieee_fp32()
+
+
 def probe(E: int, K: int, N: int, rows: int, skew: bool) -> list[tuple[str, float]]:
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
@@ -37,6 +45,14 @@ def probe(E: int, K: int, N: int, rows: int, skew: bool) -> list[tuple[str, floa
     out = [("torch._grouped_mm", _time(lambda: torch._grouped_mm(a16, w.transpose(1, 2), offs=offs)))]
     out.append(("reference grouped_mm, fp32 a", _time(lambda: grouped.grouped_mm(a32, w, gr, True))))
     out.append(("reference grouped_mm, bf16 a", _time(lambda: grouped.grouped_mm(a16, w, gr, True))))
+    with _ieee():
+        out.append(("reference grouped_mm, IEEE fp32 (what it runs)", _time(lambda: grouped.grouped_mm(a32, w, gr, False))))
+        ieee = grouped.grouped_mm(a32, w, gr, False)
+    tc = grouped.grouped_mm(a16, w, gr, True)
+    ulp = ieee.abs().clamp(min=1e-30) * 2.0**-23
+    rel = torch.sign(ieee) * (tc - ieee) / ulp
+    print(f"tensor-core vs IEEE fp32 ({'Zipf' if skew else 'even'}): mean sign(ieee)*(tc - ieee) = {rel.mean().item():+.3f} "
+          f"fp32 ulps of |ieee| (negative: toward zero), rms {rel.square().mean().sqrt().item():.3f}", flush=True)
     out.append(("Groups(counts)", _time(lambda: grouped.Groups(counts, dev))))
     out.append(("cast fp32 -> bf16", _time(lambda: a32.to(torch.bfloat16))))
     out.append((f"loop_mm ({E} mm)", _time(lambda: grouped.loop_mm(a16, w, counts, True))))

@@ -2,9 +2,10 @@
 
 Experts are cut into a few buckets of similar row counts (buckets()), each one padded bmm, so the
 number of launches grows with log(max count), not with E: per-expert launches kept the reference
-far behind torch._grouped_mm, launch-bound, on skewed routings. All of it is IEEE fp32 accumulation
-(on CUDA: bf16 tensor-core products, exact, with fp32 accumulation, when the operands are exactly
-bf16); bucketing changes only the accumulation order, which the error model allows for.
+far behind torch._grouped_mm, launch-bound, on skewed routings. The reference calls it with fast=False:
+IEEE fp32 accumulation. fast=True (bf16 operands, tensor-core MMA) has exact products but truncating
+addition, a bias toward zero (moe.TENSOR_CORE_REFERENCE says where that was seen); bucketing changes
+only the accumulation order, which the error model allows for.
 """
 from __future__ import annotations
 

@@ -175,3 +175,23 @@ def test_no_rows():
     g = Groups([0, 0], "cpu")
     assert grouped_mm(torch.zeros(0, 4), torch.zeros(2, 3, 4), g, fast=False).shape == (0, 3)
     assert grouped_apply(lambda x, we: x @ we.T, g, torch.zeros(2, 3, 4), torch.zeros(0, 4)).shape == (0, 3)
+
+
+def test_the_reference_never_takes_the_tensor_core_path_even_with_exact_bf16_operands(monkeypatch):
+    """bf16 tensor-core MMA truncates its additions (a bias toward zero seen on the H200): the reference's
+    GEMMs are IEEE fp32 even where both operands are exactly bf16 on CUDA (here: _bf16_exact forced)."""
+    from moecheck.reference import moe
+    from moecheck.reference.activations import ACTIVATIONS
+    from moecheck.reference.formats import FORMATS
+
+    seen = []
+    real = moe.grouped_mm
+    monkeypatch.setattr(moe, "_bf16_exact", lambda t: True)
+    monkeypatch.setattr(moe, "grouped_mm", lambda a, w, g, fast: seen.append(fast) or real(a, w, g, fast))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 32, generator=g).to(torch.bfloat16)
+    w13 = torch.randn(3, 32, 32, generator=g).to(torch.bfloat16)
+    w2 = torch.randn(3, 32, 16, generator=g).to(torch.bfloat16)
+    ids = torch.tensor([[0, 1], [1, 2], [2, 0], [0, 1], [1, 2], [2, 0]])
+    moe.fused_experts(x, w13, w2, torch.full((6, 2), 0.5), ids, fmt=FORMATS["bf16"], activation=ACTIVATIONS["silu"])
+    assert seen == [False, False]
