@@ -32,3 +32,12 @@ def test_moecheck_run_distributes_by_group(tmp_path):
                            property=[])
     cmd, _ = cli_run._pytest_cmd(args, tmp_path)
     assert cmd[cmd.index("--dist") + 1] == "loadgroup"
+
+
+def test_a_grouped_items_id_is_printed_as_pytest_takes_it():
+    from moecheck.properties.pytest_plugin import _from_nodeid, plain_nodeid
+
+    grouped = "test_properties.py::test_property[jit_toy-bf16-deterministic]@jit_toy:bf16"
+    assert plain_nodeid(grouped) == "test_properties.py::test_property[jit_toy-bf16-deterministic]"
+    assert plain_nodeid("a.py::t[x@y]") == "a.py::t[x@y]"  # an @ inside the parameters stays
+    assert _from_nodeid(grouped) == {"backend": "jit_toy", "format": "bf16", "property": "deterministic"}
