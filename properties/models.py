@@ -29,9 +29,11 @@ MODELS = (
     Model("Mixtral-8x7B", hidden=4096, inter=14336, experts=8, top_k=2),
 )
 SHARE = 4  # one draw in SHARE takes a model's shape
-# bf16 w13 + w2 of the drawn experts. Modest on purpose: the reference also holds float64 copies of w^2
-# (4x this) for its error model, and padded_equals_unpadded builds the layer twice
-WEIGHT_BYTES = 1 << 30
+# bf16 w13 + w2 of the drawn experts. Modest on purpose: an example's peak is about 10x this (fp32 weights,
+# the error model's float64 w^2 of a bucket and its fp32 root), and 8 workers share one H200's 141 GB:
+# at 1 GiB the whole run of 2026-12-03 ran workers out of their 16.6 GiB share. 768 MiB keeps two of
+# Mixtral's 336 MiB experts, so its top-2 is still drawn.
+WEIGHT_BYTES = 768 << 20
 MAX_TOKENS = 4096  # decode batches to prefill chunks
 
 

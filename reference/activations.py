@@ -114,7 +114,7 @@ def _check(h: Tensor, spec: ActivationSpec) -> None:
     require(h.is_floating_point(), f"activation input must be a float tensor, got {h.dtype}")
     require(h.dim() >= 1, "activation input must have at least one dim")
     if spec.gated:
-        require(h.shape[-1] % 2 == 0, f"gated activation needs an even last dim (2I), got {h.shape[-1]}")
+        require(h.shape[-1] % 2 == 0, lambda: f"gated activation needs an even last dim (2I), got {h.shape[-1]}")
 
 
 def split_gate_up(h: Tensor, spec: ActivationSpec) -> tuple[Tensor, Tensor]:

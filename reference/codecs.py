@@ -7,6 +7,7 @@ routine against torch's own float8 casts for every finite input class.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,7 @@ class FloatCodec:
     @property
     def emax(self) -> int:
         """Exponent of the largest power of two <= max (OCP MX calls it emax_elem)."""
-        return int(torch.tensor(self.max).log2().floor().item())
+        return math.frexp(self.max)[1] - 1  # exact, and no tensor: under torch.compile .item() breaks the graph
 
     def round(self, x: torch.Tensor) -> torch.Tensor:
         """RNE onto this codec's grid with saturation; fp32 in, fp32 out.

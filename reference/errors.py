@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Callable, Iterable
 
 
 class MoecheckError(ValueError):
     """Raised for invalid input to moecheck (references, cases, CLI). The message is the whole story."""
 
 
-def require(cond: bool, msg: str) -> None:
+def require(cond: bool, msg: str | Callable[[], str]) -> None:
+    """Raise MoecheckError(msg) unless cond. A message that formats tensor sizes goes as a lambda: under
+    torch.compile an f-string of a size makes that size a constant of the graph (a recompile per size)."""
     if not cond:
-        raise MoecheckError(msg)
+        raise MoecheckError(msg() if callable(msg) else msg)
 
 
 def did_you_mean(name: object, known: Iterable[str]) -> str:

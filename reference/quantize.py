@@ -113,14 +113,14 @@ def _check_input(x: torch.Tensor, spec: QuantSpec) -> tuple[int, int]:
     _check_spec("quantize", spec)
     require(isinstance(x, torch.Tensor), f"quantize needs a torch.Tensor, got {type(x).__name__}")
     require(x.dtype in _FLOAT_INPUTS, f"quantize needs a float tensor (float32/bfloat16/float16/float64), got {x.dtype}")
-    require(x.dim() >= 2, f"quantize needs at least 2 dims [..., rows, cols], got shape {tuple(x.shape)}")
+    require(x.dim() >= 2, lambda: f"quantize needs at least 2 dims [..., rows, cols], got shape {tuple(x.shape)}")
     br, bc = block_dims(tuple(x.shape), spec)
     r, c = x.shape[-2:]
-    if not spec.ragged:
-        require(r % br == 0, f"{spec.elem} with block {spec.block}: rows={r} must be divisible by {br}")
-        require(c % bc == 0, f"{spec.elem} with block {spec.block}: K={c} must be divisible by {bc}")
+    if not spec.ragged:  # messages as lambdas: a formatted size is a constant under torch.compile
+        require(r % br == 0, lambda: f"{spec.elem} with block {spec.block}: rows={r} must be divisible by {br}")
+        require(c % bc == 0, lambda: f"{spec.elem} with block {spec.block}: K={c} must be divisible by {bc}")
     if spec.packed:
-        require(c % 2 == 0, f"{spec.elem} packs two codes per byte: K={c} must be even")
+        require(c % 2 == 0, lambda: f"{spec.elem} packs two codes per byte: K={c} must be even")
     return br, bc
 
 
