@@ -41,3 +41,13 @@ def test_a_grouped_items_id_is_printed_as_pytest_takes_it():
     assert plain_nodeid(grouped) == "test_properties.py::test_property[jit_toy-bf16-deterministic]"
     assert plain_nodeid("a.py::t[x@y]") == "a.py::t[x@y]"  # an @ inside the parameters stays
     assert _from_nodeid(grouped) == {"backend": "jit_toy", "format": "bf16", "property": "deterministic"}
+
+
+def test_template_items_interleave_by_backend_keeping_each_backends_order():
+    from types import SimpleNamespace as N
+
+    from moecheck.properties.pytest_plugin import interleave
+
+    ids = [f"t.py::test_property[{b}-bf16-{p}]" for b in ("slow", "fast") for p in ("a", "b", "c")] + ["t.py::test_other"]
+    got = [it.nodeid for it in interleave([N(nodeid=i) for i in ids])]
+    assert got == ["t.py::test_other"] + [f"t.py::test_property[{b}-bf16-{p}]" for p in "abc" for b in ("slow", "fast")]
