@@ -100,6 +100,8 @@ BACKENDS = [
                       "fp8_token_channel failed matches_reference/padded_equals_unpadded, untriaged",
                       "H200 sm_90, torch 2.11 (2026-12-03): 27 formats, 20 examples, 187 results before a 140 s cut; "
                       "4 fp8_tensor/fp8_e5m2_tensor failures were an adapter bug (rows of a per-tensor scale chosen "
-                      "by weight > 0), fixed after that run")),
+                      "by weight > 0), fixed and replayed clean",
+                      "H200 sm_90, torch 2.11 (2026-12-03, later): 100 examples, 287 s cut: 98 of 106 tests pass; "
+                      "3 open cases (fp32 underflow; an fp8_token_channel bias), untriaged")),
         spies=("moecheck.backends.torch_compile:_compiled",)),
 ]
