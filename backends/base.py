@@ -56,9 +56,6 @@ class Capability:
     verified: tuple[str, ...] = ()  # "where/what it was verified with", e.g. "H100 sm_90, torch 2.11"
     deterministic: bool = True  # claims bitwise-identical reruns
     batch_invariant: bool = False  # claims a token's output does not depend on the batch
-    # compiles a graph per format at run time (seconds each): its tests of one format share an xdist worker
-    # (moecheck run --dist loadgroup), so a graph compiles once per run, not once per worker
-    compiles: bool = False
     kind: str = "moe"  # "moe": run() computes the layer; "router": route() computes top-k ids and weights
     routers: frozenset[str] = frozenset()  # router kinds (reference/routing.py) it computes itself from logits
     routed_scaling: bool = True  # its router applies routed_scaling_factor (else only 1.0 is drawn)

@@ -165,15 +165,8 @@ def pytest_addhooks(pluginmanager):
 _KIND = {"test_property": "", "test_edge": "edge:", "test_pinned": "pinned:"}
 
 
-def plain_nodeid(nodeid: str) -> str:
-    """The id pytest takes on its command line: xdist's loadgroup appends "@group" to grouped items."""
-    at = nodeid.rfind("@")
-    return nodeid[:at] if at > nodeid.rfind("]") else nodeid
-
-
 def _from_nodeid(nodeid: str) -> dict | None:
     """backend, format, property of a template item, from its id alone (crashes and collection errors)."""
-    nodeid = plain_nodeid(nodeid)
     name, _, inner = nodeid.rpartition("::")[2].partition("[")
     if name not in _KIND or not inner or inner.startswith("NOTSET"):  # NOTSET: an empty selection
         return None
@@ -239,7 +232,7 @@ def pytest_runtest_logreport(report):
         # the test's own words where it left them (failure, refusal), else what pytest saw
         msg = rec.get("message") or ("" if report.passed else _message(report))
         row = {**rec, "outcome": outcome, "message": msg, "repro": props.get("moecheck_repro")}
-    row.update(duration_s=round(report.duration, 3), nodeid=plain_nodeid(report.nodeid))  # as printed, it reruns
+    row.update(duration_s=round(report.duration, 3), nodeid=report.nodeid)
     for config in _CONFIG:  # the store first: whatever results.jsonl shows is already committed there
         config.hook.pytest_moecheck_result(row=row, config=config)
     out = Path(os.environ.get("MOECHECK_REPORT_DIR", "moecheck-report"))

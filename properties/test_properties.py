@@ -66,10 +66,9 @@ def _params(kind: str):
         if kind == "pinned" and os.environ.get("MOECHECK_PINNED", "1") == "0":
             continue
         for fmt in fmts:
-            marks = [pytest.mark.xdist_group(f"{name}:{fmt}")] if b.capability.compiles else []
             for w in what:
                 if _selected("FORMATS", fmt) and _selected("PROPERTIES", prop_of(w)):
-                    out.append(pytest.param(name, fmt, w, id=f"{name}-{fmt}-{w}", marks=marks))
+                    out.append(pytest.param(name, fmt, w, id=f"{name}-{fmt}-{w}"))
     return out
 
 

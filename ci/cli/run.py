@@ -50,11 +50,13 @@ def _pytest_cmd(args, report: Path) -> tuple[list[str], dict[str, str]]:
     junit = [f"--junitxml={Path(args.junitxml).resolve()}"] if args.junitxml else []
     env.update(_select_env(args))
     pkg = Path(props.__file__).resolve().parent
-    # always through xdist, even for one worker: a crashed or hung kernel takes its worker down, not the run
+    # always through xdist, even for one worker: a crashed or hung kernel takes its worker down, not the run.
+    # Default (load) scheduling: with --dist loadgroup a crashed worker hung the run (tests/properties/test_isolation.py
+    # ran past 300 s), and crash isolation matters more than one compile per graph and run
     workers = "1" if args.workers == "0" else args.workers
     cmd = [sys.executable, "-m", "pytest", "-p", "moecheck.properties.pytest_plugin", "-p", "moecheck.ci.progress",
            "-p", "no:cacheprovider", "--import-mode=importlib", "--confcutdir", str(pkg), "--rootdir", str(pkg),
-           "-q", "-n", workers, "--dist", "loadgroup", "--max-worker-restart", str(MAX_WORKER_RESTARTS), *junit, str(pkg / "test_properties.py")]
+           "-q", "-n", workers, "--max-worker-restart", str(MAX_WORKER_RESTARTS), *junit, str(pkg / "test_properties.py")]
     return cmd, env
 
 
