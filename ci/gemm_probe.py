@@ -16,6 +16,7 @@ import argparse
 import torch
 from moecheck.ci.bench import _time
 from moecheck.reference import grouped
+from moecheck.reference.moe import _ieee_fp32
 
 
 def _counts(rows: int, E: int, skew: bool) -> list[int]:
@@ -25,12 +26,6 @@ def _counts(rows: int, E: int, skew: bool) -> list[int]:
     c = (w / w.sum() * rows).floor().long()
     c[0] += rows - int(c.sum())
     return c.tolist()
-
-
-def _ieee():
-    from moecheck.reference.moe import _ieee_fp32
-
-    return _ieee_fp32()
 
 
 def probe(E: int, K: int, N: int, rows: int, skew: bool) -> list[tuple[str, float]]:
@@ -45,7 +40,7 @@ def probe(E: int, K: int, N: int, rows: int, skew: bool) -> list[tuple[str, floa
     out = [("torch._grouped_mm", _time(lambda: torch._grouped_mm(a16, w.transpose(1, 2), offs=offs)))]
     out.append(("reference grouped_mm, fp32 a", _time(lambda: grouped.grouped_mm(a32, w, gr, True))))
     out.append(("reference grouped_mm, bf16 a", _time(lambda: grouped.grouped_mm(a16, w, gr, True))))
-    with _ieee():
+    with _ieee_fp32():
         out.append(("reference grouped_mm, IEEE fp32 (what it runs)", _time(lambda: grouped.grouped_mm(a32, w, gr, False))))
         ieee = grouped.grouped_mm(a32, w, gr, False)
     tc = grouped.grouped_mm(a16, w, gr, True)

@@ -40,15 +40,13 @@ def bench(args: argparse.Namespace) -> int:
     require(args.examples >= 1, f"--examples must be >= 1, got {args.examples}")
     if args.store:
         _open(args.store, args.attach).close()  # a missing or foreign store fails now, not after the benchmark
-    if args.backend:
-        from fnmatch import fnmatchcase
-
+    names = None
+    if args.backend:  # names and patterns checked as `moecheck run` checks them
         from moecheck.backends import registry
+        from moecheck.ci.cli.inputs import match
 
-        names = registry.load_all()
-        unknown = [p for p in args.backend if not any(fnmatchcase(n, p) for n in names)]
-        require(not unknown, f"--backend {', '.join(unknown)}: no such backend (moecheck backends lists them)")
-    res = benchmarks.measure(args.examples, args.backend, echo=lambda line: print(line, file=sys.stderr, flush=True))
+        names = sorted({n for hits in match("backend", args.backend, registry.load_all()).values() for n in hits})
+    res = benchmarks.measure(args.examples, names, echo=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

@@ -88,7 +88,8 @@ ROWS = [  # (argv; {files} is the fixture's folder), exit code, what the one std
     (["history", "--store", "{files}/none.sqlite"], USAGE, "moecheck history: error: no results store at"),
     (["durations", "--store", "{files}/none.sqlite"], USAGE, "moecheck durations: error: "),
     (["merge", "{files}/out.sqlite", "{files}/none.sqlite"], USAGE, "moecheck merge: error: "),
-    (["bench", "--backend", "cpu_lop"], USAGE, "moecheck bench: --backend cpu_lop: no such backend (moecheck backends lists them)"),
+    (["bench", "--backend", "cpu_lop"], USAGE, "moecheck bench: unknown backend 'cpu_lop' (did you mean cpu_loop?); known: cpu_loop,"),
+    (["bench", "--backend", "nosuch_*"], USAGE, "moecheck bench: backend pattern 'nosuch_*' matches no known backend; known: "),
     (["e2e", "--config", "no_such_config"], USAGE, "moecheck e2e: "),
 ]
 
