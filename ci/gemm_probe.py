@@ -48,6 +48,8 @@ def probe(E: int, K: int, N: int, rows: int, skew: bool) -> list[tuple[str, floa
     rel = torch.sign(ieee) * (tc - ieee) / ulp
     print(f"tensor-core vs IEEE fp32 ({'Zipf' if skew else 'even'}): mean sign(ieee)*(tc - ieee) = {rel.mean().item():+.3f} "
           f"fp32 ulps of |ieee| (negative: toward zero), rms {rel.square().mean().sqrt().item():.3f}", flush=True)
+    out += _split_k(a16, w, gr, ieee)
+    out += _variance_gemms(a32, w, gr)
     out.append(("Groups(counts)", _time(lambda: grouped.Groups(counts, dev))))
     out.append(("cast fp32 -> bf16", _time(lambda: a32.to(torch.bfloat16))))
     out.append((f"loop_mm ({E} mm)", _time(lambda: grouped.loop_mm(a16, w, counts, True))))
@@ -63,6 +65,46 @@ def probe(E: int, K: int, N: int, rows: int, skew: bool) -> list[tuple[str, floa
         out.append((f"bmm(out_dtype=) raised {type(e).__name__}: {str(e).splitlines()[0][:80]}", float("nan")))
     out.append((f"bmm bf16 -> bf16 out x{len(pads)}", _time(
         lambda: [torch.bmm(p, we.transpose(1, 2)) for p, we in zip(pads, ws)])))
+    return out
+
+
+def _split_k(a16, w, gr, ieee) -> list[tuple[str, float]]:
+    """The tensor-core path with K cut into `c` chunks summed in IEEE fp32: how much of its bias toward zero
+    the chunking removes, and at what cost (a candidate for a fast reference)."""
+    out, K = [], a16.shape[1]
+    for c in (2, 4, 8, 16):
+        if K % c:
+            continue
+        ks = K // c
+        def fn(c=c, ks=ks):
+            return sum(grouped.grouped_mm(a16[:, i * ks:(i + 1) * ks], w[:, :, i * ks:(i + 1) * ks], gr, True) for i in range(c))
+        y = fn()
+        ulp = ieee.abs().clamp(min=1e-30) * 2.0**-23
+        rel = torch.sign(ieee) * (y - ieee) / ulp
+        print(f"split-K x{c} tensor-core vs IEEE: mean {rel.mean().item():+.3f} fp32 ulps, rms {rel.square().mean().sqrt().item():.3f}",
+              flush=True)
+        out.append((f"tensor-core split-K x{c}, fp32 sums", _time(fn)))
+    return out
+
+
+def _variance_gemms(a32, w, gr) -> list[tuple[str, float]]:
+    """The error model's variance GEMM (squares of inputs times squares of weights, all addends >= 0) in
+    float64 as it runs, and in TF32 and IEEE fp32 with the relative difference from float64."""
+    sq = lambda t: t * t
+    f64 = lambda: grouped.grouped_apply(lambda x, we: sq(x.double()) @ sq(we.double()).transpose(-1, -2), gr, w, a32)
+    ref = f64()
+    out = [("variance GEMM float64 (errmodel now)", _time(f64))]
+    for name, tf32 in (("IEEE fp32", False), ("TF32", True)):
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            fn = lambda: grouped.grouped_apply(lambda x, we: sq(x) @ sq(we.float()).transpose(-1, -2), gr, w, a32)
+            rel = (fn().double() - ref) / ref.clamp(min=1e-300)
+            print(f"variance GEMM {name} vs float64: mean rel {rel.mean().item():+.3e}, min {rel.min().item():+.3e}, "
+                  f"max {rel.max().item():+.3e}", flush=True)
+            out.append((f"variance GEMM {name}", _time(fn)))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
     return out
 
 

@@ -12,6 +12,7 @@
 #   whole    the three torch backends in one run (issue 14: EX examples per property within WHOLE_S)
 #   stages   ci/stages.py (each stage's share of a CUDA example; STAGES_KERNELS=N: the top N profiler ops),
 #            ci/gemm_probe.py (the reference GEMM's parts) and ci/bench.py (examples/s, GEMM ratio)
+#   gemm     ci/gemm_probe.py alone (the reference GEMM's parts, split-K and variance-GEMM candidates)
 #   bench    ci/bench.py alone, for the backends in BENCH_BACKENDS (default torch_*: the CPU ones are CI's)
 #   triton   vllm_triton_{bf16,fp8_*,int8_w8a8}: the numerics, the edges on lines of their own
 #   wna16 modular cutlass marlin ogs lora routers   the other vLLM families
@@ -95,6 +96,7 @@ EOF2
       timeout ${GEMM_S:-120} python3 -W ignore -m moecheck.ci.gemm_probe > "$W/gemm.txt" 2>&1; echo "gemm_probe rc=$?"
       bench ;;
     bench) bench ;;
+    gemm) timeout ${GEMM_S:-120} python3 -W ignore -m moecheck.ci.gemm_probe > "$W/gemm.txt" 2>&1; echo "gemm_probe rc=$?" ;;
     triton) suite triton --backend vllm_triton_bf16 --backend 'vllm_triton_fp8_*' --backend vllm_triton_int8_w8a8 ;;
     wna16) suite wna16 --backend 'vllm_triton_int*_w*a16' ;;
     modular) suite modular --backend 'vllm_modular_*' ;;
@@ -152,7 +154,7 @@ EOF
         [ -f "$W/power.txt" ] && { echo "== power (cuda)"; cat "$W/power.txt"; }
         [ -f "$W/stages-gen1.txt" ] && { echo "== stages (cuda, cases built on the host)"; grep " ex/s" "$W/stages-gen1.txt" | cut -c1-220; }
         [ -f "$W/stages.txt" ] && { echo "== stages (cuda)"; grep " ex/s" "$W/stages.txt" | cut -c1-220; }
-        [ -f "$W/gemm.txt" ] && { echo "== gemm_probe"; grep " ms " "$W/gemm.txt"; }
+        [ -f "$W/gemm.txt" ] && { echo "== gemm_probe"; grep -E " ms |ulps|vs float64" "$W/gemm.txt"; }
         [ -f "$W/bench.txt" ] && { echo "== bench"; cat "$W/bench.txt"; }
         [ -f "$W/epscale.txt" ] && { echo "== epscale"; cat "$W/epscale.txt"; }
         [ -f "$W/replays.txt" ] && { echo "== replays"; cat "$W/replays.txt"; }
