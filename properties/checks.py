@@ -61,10 +61,11 @@ def _reference(b: Backend, p: MoEProblem):
 def _compare(b: Backend, p: MoEProblem, out: torch.Tensor, ref, rows=None, bound=None) -> Comparison:
     """All three verdicts (max, rms, bias) of `out` against the reference result `ref`."""
     bound = ref.bound if bound is None else bound
-    ev, want = ref.expected_var, ref.out
+    ev, want, fl = ref.expected_var, ref.out, ref.floor
     if rows is not None:
-        out, want, bound, ev = out[rows], want[rows], bound[rows], None if ev is None else ev[rows]
-    return compare(out, want, bound, ev, b.capability.budget(p.fmt.name))
+        out, want, bound = out[rows], want[rows], bound[rows]
+        ev, fl = (None if t is None else t[rows] for t in (ev, fl))
+    return compare(out, want, bound, ev, b.capability.budget(p.fmt.name), fl)
 
 
 def _judge(b: Backend, p: MoEProblem, prepared=None, need_spies: bool = True) -> tuple[Outcome, torch.Tensor | None]:
@@ -153,7 +154,8 @@ def permutation_equivariant(b: Backend, case: Case, device) -> Outcome:
     # two runs of one kernel: each within the model of the reference, so their difference within twice
     # its expected square; a combine that depends on token order shows in every element (rms)
     ev2 = None if ref.expected_var is None else 2 * ref.expected_var[perm]
-    c = compare(r2.out, r1.out[perm], ref.bound[perm], ev2, b.capability.budget(p.fmt.name))
+    c = compare(r2.out, r1.out[perm], ref.bound[perm], ev2, b.capability.budget(p.fmt.name),
+                None if ref.floor is None else ref.floor[perm])
     bitwise = bool(torch.equal(r2.out, r1.out[perm]))
     return Outcome("pass" if c.passed else "fail", f"bitwise={bitwise}; {c.summary()}", c, info={"bitwise": bitwise})
 

@@ -17,6 +17,7 @@ from moecheck.reference.activations import ActivationSpec
 from moecheck.reference.errmodel.budget import ErrorBudget
 from moecheck.reference.errmodel.chains import Spread, gemm_spread, split3
 from moecheck.reference.errmodel.propagate import requant_var, round_var
+from moecheck.reference.errmodel.underflow import ftz_floor
 from moecheck.reference.errors import require
 from moecheck.reference.formats import Format
 from moecheck.reference.grouped import Groups, grouped_apply, grouped_mm
@@ -75,6 +76,7 @@ class MoEResult:
     out: torch.Tensor  # [T, H] in the input dtype
     bound: torch.Tensor | None  # [T, H] fp32 allowed |backend - out|, when a budget was given
     expected_var: torch.Tensor | None = None  # [T, H] float64 expected (backend - out)^2 of a correct kernel
+    floor: torch.Tensor | None = None  # [T, H] fp32 the bound's underflow allowance (errmodel/underflow.py)
 
 
 
@@ -267,6 +269,7 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
     var_y = None
     if track:
         dg, du = act_mod.partials(h, act)
+        slope = dg.abs() if du is None else dg.abs() + du.abs()
 
         def through(v, p):  # p = 2: variances; p = 1: mean absolute differences
             if act.gated:
@@ -352,8 +355,11 @@ def _forward(x, W13, W2, topk_weights, topk_ids, fmt, act, rnd, expert_map, b13,
         var = var.rounded(accf, sum_dt)
     env = var.env + 2 * round_var(accf, out_dtype)
     exp = var.rounded(accf, out_dtype).exp
-    bound = (budget.z * env.sqrt()).float() + torch.finfo(torch.float32).tiny
-    return MoEResult(out, bound, exp)  # float64: at tiny values (2^-100) its squares underflow fp32 to 0
+    # LoRA's two small GEMMs per GEMM (H + r and r + I adds) and the bias adds flush too
+    extra = int(b13 is not None or b2 is not None) + (4 * (H + W2.shape[2]) if adapters is not None else 0)
+    floor = ftz_floor(A, W13, slope, y, W2, e_rows, w_rows, slot_rows, T, k, extra, None if on_input else o)
+    bound = (budget.z * env.sqrt()).float() + floor
+    return MoEResult(out, bound, exp, floor)  # float64: at tiny values (2^-100) its squares underflow fp32 to 0
 
 
 def _act_fn_scale(h, y, act: ActivationSpec) -> torch.Tensor:

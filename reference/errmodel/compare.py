@@ -63,7 +63,9 @@ def bernstein(n: int, var: float, alpha: float, span: float = 1.0) -> float:
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, expected_var: torch.Tensor | None = None,
-            budget=None) -> Comparison:
+            budget=None, floor: torch.Tensor | None = None) -> Comparison:
+    """floor: the part of the bound that is a worst-case allowance with a sign (flushed subnormals lean
+    toward zero: errmodel/underflow.py); the rms and bias verdicts judge only what exceeds it."""
     if tuple(out.shape) != tuple(ref.shape):
         return Comparison(False, float("inf"), float("inf"), None, None, None, None, 0, shape_ok=False, failed=("shape",))
     o, r, b = out.float(), ref.float(), bound.float().to(out.device)
@@ -76,6 +78,9 @@ def compare(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, expected_
     diff = signed.abs()
     bb = b.clamp(min=torch.finfo(torch.float32).tiny)
     norm = torch.where(diff == 0, torch.zeros_like(diff), diff / bb)
+    if floor is not None:
+        signed = torch.sign(signed) * (diff - floor.float().to(out.device)).clamp(min=0)
+    stat = signed.abs() / bb  # what the rms and bias verdicts see
     half = math.sqrt(CLIP)
     judged = expected_var is not None and budget is not None
     if judged:
@@ -86,7 +91,7 @@ def compare(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, expected_
     picks = [t.flatten()[i] for i in (first_bad, worst) for t in (o, r, b)]
     stats = torch.stack([x.double() for x in (
         bad.sum(), first_bad, worst, norm.flatten()[worst], fin.sum(), norm.clamp(max=1.0).square().sum(),
-        norm.square().clamp(max=CLIP).sum(),
+        stat.square().clamp(max=CLIP).sum(),
         (torch.sign(r) * signed / bb).clamp(-half, half).where(fin, torch.zeros_like(o)).sum(),
         torch.where(fin, ratio, torch.zeros_like(ratio)).sum() if judged else torch.zeros((), device=o.device),
         *picks)]).tolist()
