@@ -49,7 +49,9 @@ suite() {  # suite NAME [moecheck run selection args...]
 
 grid() {  # grid BACKEND FORMAT HIDDEN INTER [extra args]
   local b=$1 f=$2 h=$3 i=$4; shift 4
-  timeout ${GRID_S:-120} python3 -m moecheck.ci.shape_grid --backend "$b" --format "$f" --hidden "$h" --inter "$i" "$@" \
+  # 400 s: the grid phase's 32 ogs cells are a Triton compile each (R3: 6 cells in under 120 s), and
+  # every restart after a device error pays the vLLM import again (~20 s)
+  timeout ${GRID_S:-400} python3 -m moecheck.ci.shape_grid --backend "$b" --format "$f" --hidden "$h" --inter "$i" "$@" \
     >> "$W/grid.txt" 2>&1; echo "grid $b $f rc=$?"
 }
 
@@ -115,7 +117,10 @@ EOF2
       sort -u "$W/grid.txt" | grep -v '^$' | cut -c1-220 ;;
     grid)
       grid vllm_ogs_mxfp4 mxfp4_bf16 64,128,256,512 64,128,256,512 --tokens 1,33 --activation swigluoai &
-      grid vllm_marlin_int4_gptq int4_w_g128 128,256,512 64,128,256 --tokens 1,33 &
+      # g64, not g128: moecheck refuses I=64 for int4_*_g128 (the group must divide I)
+      grid vllm_marlin_int4_gptq int4_w_g64 128,256,512 64,128,256 --tokens 1,33 &
+      grid vllm_marlin_int4_awq int4_zp_w_g64 128,256,512 64,128,256 --tokens 1,33 &
+      grid vllm_marlin_fp8 fp8_w_channel 128,256,512 64,128,256 --tokens 1,33 &
       grid vllm_marlin_mxfp4 mxfp4_bf16 128,256,512 64,128,256 --tokens 1,33 &
       grid vllm_triton_fp8_block fp8_block 64,96,128,256 128,256 --tokens 1,33 &
       wait; sort -u "$W/grid.txt" | grep -v '^$' | cut -c1-220 ;;
