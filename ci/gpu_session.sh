@@ -125,7 +125,11 @@ EOF2
       grid vllm_triton_fp8_block fp8_block 64,96,128,256 128,256 --tokens 1,33 &
       wait; sort -u "$W/grid.txt" | grep -v '^$' | cut -c1-220 ;;
     findings)
-      timeout ${FINDINGS_S:-200} python3 -m pytest -p no:cacheprovider -n ${FINDINGS_N:-4} -q -rA tests/backends/test_findings.py \
+      # default from the number of case files: R3 took 177 s for 33 items at -n 4 (~21 worker-s each);
+      # 30 worker-s a case leaves room for the torch_compile cases' Inductor compiles
+      local nf fn=${FINDINGS_N:-4}; nf=$(ls docs/findings/*/*.json docs/findings/*/open/*.json 2>/dev/null | wc -l)
+      local ft=${FINDINGS_S:-$((60 + 30 * nf / (fn > 0 ? fn : 1)))}; echo "findings: $nf case files, -n $fn, timeout $ft s"
+      timeout "$ft" python3 -m pytest -p no:cacheprovider -n "$fn" -q -rA tests/backends/test_findings.py \
         > "$W/findings.log" 2>&1; echo "findings rc=$?"; grep -cE '^PASSED' "$W/findings.log" ;;
     power)
       timeout ${POWER_S:-300} python3 -m moecheck.ci.power --device cuda --examples ${POWER_EX:-40} --out "$W/power.json" \
