@@ -21,7 +21,8 @@
 #   ogsgrid  ci/shape_grid.py over the hidden sizes matmul_ogs takes ($OGS_H x $OGS_I)
 #   findings the case files under docs/findings replayed on this GPU (open/ ones must still fail)
 #   power    ci/power.py on CUDA (the planted bugs' kill rates at the gpu profile's shapes)
-#   replay   every failing or crashed row's printed repro command, run as printed (first $REPLAYS)
+#   replay   every failing or crashed row's printed repro command, run as printed (first $REPLAYS, 300 s
+#            each, REPLAY_S (300 s) in all)
 #   grid     ci/shape_grid.py over small H x I for the backends whose limits are in question (ogs, marlin,
 #            fp8_block): the sizes the library takes, for the records' alignment
 #   a+b+c    those phases at the same time (one GPU, several suites: each suite's WORKERS apply)
@@ -150,8 +151,12 @@ for f in sorted(w.glob("*/results.jsonl")):
             seen += 1
             print(f"{r['backend']}\t{r['property']}\t{r['repro']}")
 EOF
+      local t_end=$((SECONDS + ${REPLAY_S:-300})) left  # the whole phase, so it cannot outlast the command
       while IFS=$'\t' read -r b p cmd; do
-        timeout 300 bash -c "$cmd" > /dev/null 2>&1; echo -e "$b\t$p\texit $?" >> "$W/replays.txt"  # as printed
+        left=$((t_end - SECONDS))
+        if ((left <= 0)); then echo -e "$b\t$p\tnot run (REPLAY_S spent)" >> "$W/replays.txt"; continue; fi
+        timeout $((left < 300 ? left : 300)) bash -c "$cmd" < /dev/null > /dev/null 2>&1  # as printed; stdin is the list
+        echo -e "$b\t$p\texit $?" >> "$W/replays.txt"
       done < "$W/replay_cmds.txt"
       cat "$W/replays.txt" ;;
     pack)
