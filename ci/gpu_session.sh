@@ -27,7 +27,8 @@
 #            fp8_block): the sizes the library takes, for the records' alignment
 #   a+b+c    those phases at the same time (one GPU, several suites: each suite's WORKERS apply)
 #   pack     results.tgz + summary.txt into $OUT (the device returns at most 8 files, 2 folders down)
-# EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); PROPS: comma list of properties (default all);
+# EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); PROPS / FORMATS: comma lists of properties / formats
+# (names or fnmatch patterns; default all);
 # MOECHECK_NO_SHRINK=1 reports failing examples unshrunk (shrinking costs GPU minutes); WORKERS: xdist workers (default 4); each suite
 # phase's timeout is ${PHASE}_S (default 500 s).
 set -uo pipefail
@@ -42,9 +43,11 @@ WORKERS=${WORKERS:-4}
 suite() {  # suite NAME [moecheck run selection args...]
   local name=$1; shift
   local t_var="${name^^}_S"; local t=${!t_var:-500}
-  local props=(); for p in ${PROPS:+${PROPS//,/ }}; do props+=(--property "$p"); done  # PROPS=a,b narrows the properties
+  local sel=() v vs  # PROPS=a,b / FORMATS=x,y narrow the selection; read, not a loop over $X: patterns are not globbed
+  IFS=, read -ra vs <<< "${PROPS:-}"; for v in "${vs[@]}"; do [ -n "$v" ] && sel+=(--property "$v"); done
+  IFS=, read -ra vs <<< "${FORMATS:-}"; for v in "${vs[@]}"; do [ -n "$v" ] && sel+=(--format "$v"); done
   MOECHECK_PROFILE=gpu MOECHECK_MAX_EXAMPLES=$EX timeout "$t" $MC run -n "$WORKERS" --timeout 240 \
-    --report "$W/$name" "$@" "${props[@]}" > "$W/$name.log" 2>&1
+    --report "$W/$name" "$@" "${sel[@]}" > "$W/$name.log" 2>&1
   echo "$name rc=$? ($(grep -c '"outcome"' "$W/$name/results.jsonl" 2>/dev/null || echo 0) results, $(date -u +%H:%M:%S))"
 }
 
