@@ -110,7 +110,9 @@ EOF2
     marlin) suite marlin --backend 'vllm_marlin_*' ;;
     ogs) suite ogs --backend 'vllm_ogs_*' ;;
     lora) suite lora --backend 'vllm_lora_*' ;;
-    routers) suite routers --backend vllm_fused_topk --backend vllm_grouped_topk ;;
+    routers)  # its own selection: routes_like_reference is the only property of router backends (checks.py),
+      # so PROPS' MoE properties selected nothing (R2: 0 results)
+      PROPS=routes_like_reference FORMATS='' suite routers --backend vllm_fused_topk --backend vllm_grouped_topk ;;
     recheck) suite recheck --backend vllm_triton_bf16 --backend vllm_triton_fp8_tensor_static --backend vllm_modular_triton ;;
     epscale)  # does fused_experts' output depend on memory it never wrote? (docs/findings/h200-2026-12-02)
       for f in docs/findings/h200-2026-12-02/open/vllm_triton_fp8_tensor-*.json; do
