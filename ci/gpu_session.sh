@@ -25,7 +25,9 @@
 #            each, REPLAY_S (300 s) in all)
 #   grid     ci/shape_grid.py over small H x I for the backends whose limits are in question (ogs, marlin,
 #            fp8_block): the sizes the library takes, for the records' alignment
-#   a+b+c    those phases at the same time (one GPU, several suites: each suite's WORKERS apply)
+#   a+b+c    those phases at the same time (one GPU, several suites: each suite's WORKERS apply, and each
+#            phase gets MOECHECK_GPU_SHARE / n of the GPU's memory; default share 0.95. Two sessions
+#            at once: give each its own MOECHECK_GPU_SHARE, e.g. 0.6 and 0.35)
 #   pack     results.tgz + summary.txt into $OUT (the device returns at most 8 files, 2 folders down)
 # EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); PROPS / FORMATS: comma lists of properties / formats
 # (names or fnmatch patterns; default all);
@@ -189,7 +191,10 @@ EOF
 
 for phase in "$@"; do
   if [[ $phase == *+* ]]; then  # a+b+c: concurrent phases, their output after all end
-    for p in ${phase//+/ }; do one_phase "$p" > "$W/phase-$p.out" 2>&1 & done; wait
+    # each suite caps its workers at its slice of this session's GPU share, not at the whole GPU
+    IFS=+ read -ra ps <<< "$phase"
+    share=$(awk -v s="${MOECHECK_GPU_SHARE:-0.95}" -v n=${#ps[@]} 'BEGIN { printf "%.4f", s / n }')
+    for p in "${ps[@]}"; do MOECHECK_GPU_SHARE=$share one_phase "$p" > "$W/phase-$p.out" 2>&1 & done; wait
     for p in ${phase//+/ }; do cat "$W/phase-$p.out"; done
   else
     one_phase "$phase"
