@@ -4,6 +4,8 @@
 #
 #   source .device/setup.sh; OUT=/tmp/out EX=20 bash ci/gpu_session.sh PHASE...
 #
+# (where vLLM does not import and .device/setup.sh is there, the script sources it itself)
+#
 # Phases:
 #   env      nvidia-smi, versions, `moecheck backends -v` (what is available, and why not)
 #   one      one property of torch_grouped_mm: the layout's GPU scripts run from a checkout
@@ -36,6 +38,15 @@
 set -uo pipefail
 OUT=${OUT:-moecheck-report/gpu-session}; mkdir -p "$OUT"
 W=${W:-/tmp/mcgpu}; mkdir -p "$W"
+_root=$(cd "$(dirname "$0")/.." && pwd)
+# a command that forgot `source .device/setup.sh` would skip every vLLM item as unavailable; find_spec: no
+# 20 s vLLM import. The lock: two sessions started at once must not unpack the same bundle together.
+if [ -f "$_root/.device/setup.sh" ] && ! python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("vllm") is None)' 2>/dev/null; then
+  pushd "$_root" > /dev/null
+  if command -v flock > /dev/null; then { flock 9; source .device/setup.sh; } 9> "${TMPDIR:-/tmp}/moecheck-setup.lock" 2>/dev/null
+  else source .device/setup.sh 2>/dev/null; fi
+  popd > /dev/null
+fi
 source "$(dirname "$0")/gpu_env.sh"
 export VLLM_LOGGING_LEVEL=${VLLM_LOGGING_LEVEL:-WARNING} FLASHINFER_DISABLE_VERSION_CHECK=1
 MC="python3 -m moecheck.ci.cli"
