@@ -4,6 +4,8 @@
 #
 #   source .device/setup.sh; OUT=/tmp/out EX=20 bash ci/gpu_session.sh PHASE...
 #
+# (where vLLM does not import and .device/setup.sh is there, the script sources it itself)
+#
 # Phases:
 #   env      nvidia-smi, versions, `moecheck backends -v` (what is available, and why not)
 #   one      one property of torch_grouped_mm: the layout's GPU scripts run from a checkout
@@ -21,17 +23,30 @@
 #   ogsgrid  ci/shape_grid.py over the hidden sizes matmul_ogs takes ($OGS_H x $OGS_I)
 #   findings the case files under docs/findings replayed on this GPU (open/ ones must still fail)
 #   power    ci/power.py on CUDA (the planted bugs' kill rates at the gpu profile's shapes)
-#   replay   every failing or crashed row's printed repro command, run as printed (first $REPLAYS)
+#   replay   every failing or crashed row's printed repro command, run as printed (first $REPLAYS, 300 s
+#            each, REPLAY_S (300 s) in all)
 #   grid     ci/shape_grid.py over small H x I for the backends whose limits are in question (ogs, marlin,
 #            fp8_block): the sizes the library takes, for the records' alignment
-#   a+b+c    those phases at the same time (one GPU, several suites: each suite's WORKERS apply)
+#   a+b+c    those phases at the same time (one GPU, several suites: each suite's WORKERS apply, and each
+#            phase gets MOECHECK_GPU_SHARE / n of the GPU's memory; default share 0.95. Two sessions
+#            at once: give each its own MOECHECK_GPU_SHARE, e.g. 0.6 and 0.35)
 #   pack     results.tgz + summary.txt into $OUT (the device returns at most 8 files, 2 folders down)
-# EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); PROPS: comma list of properties (default all);
+# EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); PROPS / FORMATS: comma lists of properties / formats
+# (names or fnmatch patterns; default all);
 # MOECHECK_NO_SHRINK=1 reports failing examples unshrunk (shrinking costs GPU minutes); WORKERS: xdist workers (default 4); each suite
 # phase's timeout is ${PHASE}_S (default 500 s).
 set -uo pipefail
 OUT=${OUT:-moecheck-report/gpu-session}; mkdir -p "$OUT"
 W=${W:-/tmp/mcgpu}; mkdir -p "$W"
+_root=$(cd "$(dirname "$0")/.." && pwd)
+# a command that forgot `source .device/setup.sh` would skip every vLLM item as unavailable; find_spec: no
+# 20 s vLLM import. The lock: two sessions started at once must not unpack the same bundle together.
+if [ -f "$_root/.device/setup.sh" ] && ! python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("vllm") is None)' 2>/dev/null; then
+  pushd "$_root" > /dev/null
+  if command -v flock > /dev/null; then { flock 9; source .device/setup.sh; } 9> "${TMPDIR:-/tmp}/moecheck-setup.lock" 2>/dev/null
+  else source .device/setup.sh 2>/dev/null; fi
+  popd > /dev/null
+fi
 source "$(dirname "$0")/gpu_env.sh"
 export VLLM_LOGGING_LEVEL=${VLLM_LOGGING_LEVEL:-WARNING} FLASHINFER_DISABLE_VERSION_CHECK=1
 MC="python3 -m moecheck.ci.cli"
@@ -41,15 +56,19 @@ WORKERS=${WORKERS:-4}
 suite() {  # suite NAME [moecheck run selection args...]
   local name=$1; shift
   local t_var="${name^^}_S"; local t=${!t_var:-500}
-  local props=(); for p in ${PROPS:+${PROPS//,/ }}; do props+=(--property "$p"); done  # PROPS=a,b narrows the properties
+  local sel=() v vs  # PROPS=a,b / FORMATS=x,y narrow the selection; read, not a loop over $X: patterns are not globbed
+  IFS=, read -ra vs <<< "${PROPS:-}"; for v in "${vs[@]}"; do [ -n "$v" ] && sel+=(--property "$v"); done
+  IFS=, read -ra vs <<< "${FORMATS:-}"; for v in "${vs[@]}"; do [ -n "$v" ] && sel+=(--format "$v"); done
   MOECHECK_PROFILE=gpu MOECHECK_MAX_EXAMPLES=$EX timeout "$t" $MC run -n "$WORKERS" --timeout 240 \
-    --report "$W/$name" "$@" "${props[@]}" > "$W/$name.log" 2>&1
+    --report "$W/$name" "$@" "${sel[@]}" > "$W/$name.log" 2>&1
   echo "$name rc=$? ($(grep -c '"outcome"' "$W/$name/results.jsonl" 2>/dev/null || echo 0) results, $(date -u +%H:%M:%S))"
 }
 
 grid() {  # grid BACKEND FORMAT HIDDEN INTER [extra args]
   local b=$1 f=$2 h=$3 i=$4; shift 4
-  timeout ${GRID_S:-120} python3 -m moecheck.ci.shape_grid --backend "$b" --format "$f" --hidden "$h" --inter "$i" "$@" \
+  # 400 s: the grid phase's 32 ogs cells are a Triton compile each (R3: 6 cells in under 120 s), and
+  # every restart after a device error pays the vLLM import again (~20 s)
+  timeout ${GRID_S:-400} python3 -m moecheck.ci.shape_grid --backend "$b" --format "$f" --hidden "$h" --inter "$i" "$@" \
     >> "$W/grid.txt" 2>&1; echo "grid $b $f rc=$?"
 }
 
@@ -104,7 +123,9 @@ EOF2
     marlin) suite marlin --backend 'vllm_marlin_*' ;;
     ogs) suite ogs --backend 'vllm_ogs_*' ;;
     lora) suite lora --backend 'vllm_lora_*' ;;
-    routers) suite routers --backend vllm_fused_topk --backend vllm_grouped_topk ;;
+    routers)  # its own selection: routes_like_reference is the only property of router backends (checks.py),
+      # so PROPS' MoE properties selected nothing (R2: 0 results)
+      PROPS=routes_like_reference FORMATS='' suite routers --backend vllm_fused_topk --backend vllm_grouped_topk ;;
     recheck) suite recheck --backend vllm_triton_bf16 --backend vllm_triton_fp8_tensor_static --backend vllm_modular_triton ;;
     epscale)  # does fused_experts' output depend on memory it never wrote? (docs/findings/h200-2026-12-02)
       for f in docs/findings/h200-2026-12-02/open/vllm_triton_fp8_tensor-*.json; do
@@ -115,12 +136,19 @@ EOF2
       sort -u "$W/grid.txt" | grep -v '^$' | cut -c1-220 ;;
     grid)
       grid vllm_ogs_mxfp4 mxfp4_bf16 64,128,256,512 64,128,256,512 --tokens 1,33 --activation swigluoai &
-      grid vllm_marlin_int4_gptq int4_w_g128 128,256,512 64,128,256 --tokens 1,33 &
+      # g64, not g128: moecheck refuses I=64 for int4_*_g128 (the group must divide I)
+      grid vllm_marlin_int4_gptq int4_w_g64 128,256,512 64,128,256 --tokens 1,33 &
+      grid vllm_marlin_int4_awq int4_zp_w_g64 128,256,512 64,128,256 --tokens 1,33 &
+      grid vllm_marlin_fp8 fp8_w_channel 128,256,512 64,128,256 --tokens 1,33 &
       grid vllm_marlin_mxfp4 mxfp4_bf16 128,256,512 64,128,256 --tokens 1,33 &
       grid vllm_triton_fp8_block fp8_block 64,96,128,256 128,256 --tokens 1,33 &
       wait; sort -u "$W/grid.txt" | grep -v '^$' | cut -c1-220 ;;
     findings)
-      timeout ${FINDINGS_S:-200} python3 -m pytest -p no:cacheprovider -n ${FINDINGS_N:-4} -q -rA tests/backends/test_findings.py \
+      # default from the number of case files: R3 took 177 s for 33 items at -n 4 (~21 worker-s each);
+      # 30 worker-s a case leaves room for the torch_compile cases' Inductor compiles
+      local nf fn=${FINDINGS_N:-4}; nf=$(ls docs/findings/*/*.json docs/findings/*/open/*.json 2>/dev/null | wc -l)
+      local ft=${FINDINGS_S:-$((60 + 30 * nf / (fn > 0 ? fn : 1)))}; echo "findings: $nf case files, -n $fn, timeout $ft s"
+      timeout "$ft" python3 -m pytest -p no:cacheprovider -n "$fn" -q -rA tests/backends/test_findings.py \
         > "$W/findings.log" 2>&1; echo "findings rc=$?"; grep -cE '^PASSED' "$W/findings.log" ;;
     power)
       timeout ${POWER_S:-300} python3 -m moecheck.ci.power --device cuda --examples ${POWER_EX:-40} --out "$W/power.json" \
@@ -141,8 +169,12 @@ for f in sorted(w.glob("*/results.jsonl")):
             seen += 1
             print(f"{r['backend']}\t{r['property']}\t{r['repro']}")
 EOF
+      local t_end=$((SECONDS + ${REPLAY_S:-300})) left  # the whole phase, so it cannot outlast the command
       while IFS=$'\t' read -r b p cmd; do
-        timeout 300 bash -c "$cmd" > /dev/null 2>&1; echo -e "$b\t$p\texit $?" >> "$W/replays.txt"  # as printed
+        left=$((t_end - SECONDS))
+        if ((left <= 0)); then echo -e "$b\t$p\tnot run (REPLAY_S spent)" >> "$W/replays.txt"; continue; fi
+        timeout $((left < 300 ? left : 300)) bash -c "$cmd" < /dev/null > /dev/null 2>&1  # as printed; stdin is the list
+        echo -e "$b\t$p\texit $?" >> "$W/replays.txt"
       done < "$W/replay_cmds.txt"
       cat "$W/replays.txt" ;;
     pack)
@@ -170,7 +202,10 @@ EOF
 
 for phase in "$@"; do
   if [[ $phase == *+* ]]; then  # a+b+c: concurrent phases, their output after all end
-    for p in ${phase//+/ }; do one_phase "$p" > "$W/phase-$p.out" 2>&1 & done; wait
+    # each suite caps its workers at its slice of this session's GPU share, not at the whole GPU
+    IFS=+ read -ra ps <<< "$phase"
+    share=$(awk -v s="${MOECHECK_GPU_SHARE:-0.95}" -v n=${#ps[@]} 'BEGIN { printf "%.4f", s / n }')
+    for p in "${ps[@]}"; do MOECHECK_GPU_SHARE=$share one_phase "$p" > "$W/phase-$p.out" 2>&1 & done; wait
     for p in ${phase//+/ }; do cat "$W/phase-$p.out"; done
   else
     one_phase "$phase"

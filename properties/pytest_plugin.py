@@ -69,20 +69,38 @@ def share_gpu_memory(environ=os.environ) -> float | None:
     """Cap this worker's CUDA memory at its share of the GPU it shares with other workers. Without a cap
     each process's caching allocator keeps what its largest case needed, and twelve workers on one
     H200 ran each other out of memory. Called once, when a worker first runs a CUDA test (not at
-    import: CUDA would then be initialized before isolation's children fork)."""
+    import: CUDA would then be initialized before isolation's children fork).
+
+    MOECHECK_GPU_SHARE: the fraction of each GPU's memory for this whole suite (default GPU_SHARE),
+    split among its workers on that GPU. Suites that run at once on one GPU each need a smaller one
+    (gpu_session.sh's a+b phases give each 0.95 / n); when it is set, a lone worker is capped too."""
     n = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-    if n < 2 or _SHARED:
+    share = environ.get("MOECHECK_GPU_SHARE", "")
+    if (n < 2 and not share) or _SHARED:
         return _SHARED[0] if _SHARED else None
+    suite_share = _gpu_share(share)
     import torch
 
-    per_gpu = -(-n // max(1, _GPUS[0] if _GPUS else 1))
-    frac = min(1.0, GPU_SHARE / per_gpu)
+    per_gpu = -(-max(1, n) // max(1, _GPUS[0] if _GPUS else 1))
+    frac = min(1.0, suite_share / per_gpu)
     torch.cuda.set_per_process_memory_fraction(frac)
     _SHARED.append(frac)
     return frac
 
 
 _SHARED: list[float] = []
+
+
+def _gpu_share(value: str) -> float:
+    if not value:
+        return GPU_SHARE
+    try:
+        f = float(value)
+    except ValueError:
+        f = 0.0
+    if not 0.0 < f <= 1.0:
+        raise ValueError(f"MOECHECK_GPU_SHARE={value!r}: want a fraction of the GPU's memory, 0 < f <= 1")
+    return f
 
 
 def _count_gpus() -> int:

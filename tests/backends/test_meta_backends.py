@@ -112,3 +112,27 @@ def test_workers_on_one_gpu_split_its_memory(monkeypatch, workers, gpus, share):
     want = None if share is None else pp.GPU_SHARE / share
     assert frac == want and got == ([] if want is None else [want])
     assert pp.share_gpu_memory({"PYTEST_XDIST_WORKER_COUNT": str(workers)}) == frac and len(got) <= 1  # once
+
+
+@pytest.mark.parametrize("workers, gpus, share, want", [(4, 1, "0.5", 0.5 / 4), (8, 4, "0.3", 0.3 / 2), (1, 1, "0.25", 0.25),
+                                                        (0, 1, "0.4", 0.4), (2, 1, "", 0.95 / 2)])
+def test_suites_sharing_a_gpu_split_their_share(monkeypatch, workers, gpus, share, want):
+    """MOECHECK_GPU_SHARE is this suite's fraction of the GPU, split among its workers (a lone one too)."""
+    import torch
+    from moecheck.properties import pytest_plugin as pp
+
+    got = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, *a: got.append(f))
+    monkeypatch.setattr(pp, "_GPUS", [gpus])
+    monkeypatch.setattr(pp, "_SHARED", [])
+    env = {"PYTEST_XDIST_WORKER_COUNT": str(workers), "MOECHECK_GPU_SHARE": share}
+    assert pp.share_gpu_memory(env) == pytest.approx(want) and got == [pytest.approx(want)]
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "half", "nan"])
+def test_a_bad_gpu_share_is_an_error(monkeypatch, share):
+    from moecheck.properties import pytest_plugin as pp
+
+    monkeypatch.setattr(pp, "_SHARED", [])
+    with pytest.raises(ValueError, match="MOECHECK_GPU_SHARE"):
+        pp.share_gpu_memory({"PYTEST_XDIST_WORKER_COUNT": "4", "MOECHECK_GPU_SHARE": share})
