@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+# Examples draw a new size each time: with fixed segments the caching allocator fragments, and workers
+# capped at their share of the GPU ran out of memory holding free blocks (H200, 2026-12-03: OOM at 17.3
+# GiB in use, 51 GiB free). Read at CUDA's first allocation, so set before any; a user's setting wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])

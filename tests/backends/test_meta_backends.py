@@ -136,3 +136,14 @@ def test_a_bad_gpu_share_is_an_error(monkeypatch, share):
     monkeypatch.setattr(pp, "_SHARED", [])
     with pytest.raises(ValueError, match="MOECHECK_GPU_SHARE"):
         pp.share_gpu_memory({"PYTEST_XDIST_WORKER_COUNT": "4", "MOECHECK_GPU_SHARE": share})
+
+
+def test_workers_ask_for_expandable_segments_unless_the_user_chose(tmp_path):
+    """A fresh interpreter importing the plugin: the allocator setting is there, and a user's own wins."""
+    code = "import os, moecheck.properties.pytest_plugin; print(os.environ['PYTORCH_CUDA_ALLOC_CONF'])"
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert got.stdout.strip() == "expandable_segments:True"
+    env["PYTORCH_CUDA_ALLOC_CONF"] = "max_split_size_mb:64"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert got.stdout.strip() == "max_split_size_mb:64"
