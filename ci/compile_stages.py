@@ -19,7 +19,7 @@ from moecheck.backends.dispatch import scaled_input
 from moecheck.properties.case import build
 from moecheck.properties.repro import load_case
 from moecheck.reference import activations as act_mod
-from moecheck.reference.quantize import fake_quantize
+from moecheck.reference.quantize import fake_quantize, quantize
 
 DEV = "cuda"  # tests run the chain on CPU with torch.compile stubbed
 
@@ -44,6 +44,11 @@ def _stages(p, w13, w2, routed, dense):
         ("gemm2 (einsum)", lambda y: torch.einsum("eti,ehi->eth", y, w2)),
         ("weighted sum", lambda o: (o * dense.T[..., None]).sum(0)),
     ]
+
+
+def _scales_codes(x, spec):
+    t = quantize(x, spec)
+    return t.scales.float(), t.element_values()
 
 
 def _diff(name: str, c: torch.Tensor, e: torch.Tensor) -> str:
@@ -82,6 +87,11 @@ def run(argv=None):
         routed = routed[:, :p.experts].T[..., None]
         print(f"== {path.rsplit('/', 1)[-1]}", flush=True)
         v = scaled_input(p).float()
+        if p.fmt.act is not None and p.a1_scale is None:  # a dynamic quantizer: its scales, then its codes
+            x = scaled_input(p).float()
+            (se, ce), (sc, cc) = _scales_codes(x, p.fmt.act), torch.compile(_scales_codes, dynamic=True)(x, p.fmt.act)
+            print(_diff("  its scales", sc, se), flush=True)
+            print(_diff("  its codes", cc, ce), flush=True)
         for name, fn in _stages(p, w13, w2, routed, dense):
             e = fn(v)
             c = torch.compile(fn, dynamic=True)(v)

