@@ -42,6 +42,8 @@ def cpu_loop():
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_a_kernel_that_flushes_subnormals_passes_and_fails_without_the_floor(path, cpu_loop, monkeypatch):
     case = load_case(str(path)).with_(backend="cpu_loop")
+    if case.hidden * case.inter > 2048 * 128:  # the H200 case's I=2048 costs 45 s on CPU; every output still underflows
+        case = case.with_(hidden=2048, inter=128)
     p = build(case, "cpu")
     out = _flushing(cpu_loop, p)
     plain = cpu_loop.run(cpu_loop.prepare(p), p)
