@@ -24,9 +24,16 @@ from moecheck.reference.quantize import fake_quantize, quantize
 DEV = "cuda"  # tests run the chain on CPU with torch.compile stubbed
 
 
+def _biases(p, w13):
+    """(b13, b2) as the backend passes them: zeros where the case has none."""
+    f = lambda t, rows: torch.zeros(p.experts, rows, device=DEV) if t is None else t.float()
+    return f(p.w13_bias, w13.shape[1]), f(p.w2_bias, p.hidden)
+
+
 def _stages(p, w13, w2, routed, dense):
     """(name, fn) in order; each fn's eager output is the next stage's input."""
     act_q, act = p.fmt.act, p.activation
+    b13, b2 = _biases(p, w13)
 
     def requant(y, routed):
         if act_q is None:
@@ -38,10 +45,10 @@ def _stages(p, w13, w2, routed, dense):
 
     return [
         ("quantize input", lambda x: fake_quantize(x, act_q, p.a1_scale)),
-        ("gemm1 (einsum)", lambda a: torch.einsum("th,enh->etn", a, w13)),
+        ("gemm1 + bias", lambda a: torch.einsum("th,enh->etn", a, w13) + b13[:, None, :]),
         ("activation", lambda h: act_mod.apply(h, act)),
         ("re-quantize", lambda y: requant(y, routed)),
-        ("gemm2 (einsum)", lambda y: torch.einsum("eti,ehi->eth", y, w2)),
+        ("gemm2 + bias", lambda y: torch.einsum("eti,ehi->eth", y, w2) + b2[:, None, :]),
         ("weighted sum", lambda o: (o * dense.T[..., None]).sum(0)),
     ]
 
@@ -99,7 +106,7 @@ def run(argv=None):
             v = e
         whole = tc._compiled(scaled_input(p).float(), w13, w2, dense.contiguous(), routed[..., 0].T.contiguous(),
                              p.activation, p.fmt.act, p.a1_scale, p.a2_scale,
-                             torch.zeros(p.experts, w13.shape[1], device=DEV), torch.zeros(p.experts, p.hidden, device=DEV))
+                             *_biases(p, w13))
         print(_diff("whole, compiled", whole, v), flush=True)
         yield whole, v
 

@@ -13,10 +13,10 @@ CASE = ROOT / "docs" / "findings" / "h200-2026-12-03" / "open" / "torch_compile-
 
 
 @pytest.mark.skipif(not CASE.exists(), reason=NOT_A_CHECKOUT if not IS_CHECKOUT else f"{CASE.name} is gone")
-@pytest.mark.parametrize("fmt", ["fp8_token_channel", "bf16"])
-def test_the_stages_chained_are_dense_moe(fmt, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("fmt,bias", [("fp8_token_channel", False), ("bf16", True), ("int4_w_g32", True)])
+def test_the_stages_chained_are_dense_moe(fmt, bias, tmp_path, monkeypatch, capsys):
     small = tmp_path / "case.json"
-    small.write_text(load_case(str(CASE)).with_(format=fmt, hidden=64, inter=32, tokens=12).to_json())
+    small.write_text(load_case(str(CASE)).with_(format=fmt, hidden=64, inter=32, tokens=12, bias=bias).to_json())
     monkeypatch.setattr(compile_stages, "DEV", "cpu")
     monkeypatch.setattr(torch, "compile", lambda f, **kw: f)
     monkeypatch.setattr(tc, "_compiled", lambda *a: tc.dense_moe(*a))
