@@ -104,7 +104,7 @@ BACKENDS = [
                       "H200 sm_90, torch 2.11 (2026-12-03, later): 100 examples, 287 s cut: 98 of 106 tests pass; "
                       "3 open cases (fp32 underflow; an fp8_token_channel bias), untriaged",
                       "H200 sm_90, torch 2.11 (2026-12-03, session 26): the underflow cases replay clean under the "
-                      "error model's flush floor; the fp8 bias is Inductor's reciprocal scale (declared since, not "
-                      "replayed); 5 BIAS cases at tiny values with biases open")),
+                      "error model's flush floor; the fp8 bias is Inductor's per-token scale, one ulp up "
+                      "(triaged, open); 5 BIAS cases at tiny values with biases open")),
         spies=("moecheck.backends.torch_compile:_compiled",)),
 ]
