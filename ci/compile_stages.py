@@ -15,7 +15,6 @@ import sys
 import torch
 from moecheck.backends import registry
 from moecheck.backends import torch_compile as tc
-from moecheck.backends.dispatch import scaled_input
 from moecheck.properties.case import build
 from moecheck.properties.repro import load_case
 from moecheck.reference import activations as act_mod
@@ -24,32 +23,36 @@ from moecheck.reference.quantize import fake_quantize, quantize
 DEV = "cuda"  # tests run the chain on CPU with torch.compile stubbed
 
 
-def _biases(p, w13):
-    """(b13, b2) as the backend passes them: zeros where the case has none."""
-    f = lambda t, rows: torch.zeros(p.experts, rows, device=DEV) if t is None else t.float()
-    return f(p.w13_bias, w13.shape[1]), f(p.w2_bias, p.hidden)
+def _inputs(b, p) -> tuple:
+    """The arguments TorchCompile.run hands dense_moe for this case: its own routing, masks and biases."""
+    seen = []
+    real, tc._compiled = tc._compiled, lambda *a: seen.append(a) or tc.dense_moe(*a)
+    try:
+        b.run(b.prepare(p), p)
+    finally:
+        tc._compiled = real
+    return seen[0]
 
 
-def _stages(p, w13, w2, routed, dense):
-    """(name, fn) in order; each fn's eager output is the next stage's input."""
-    act_q, act = p.fmt.act, p.activation
-    b13, b2 = _biases(p, w13)
+def _stages(x, w13, w2, dense_w, routed, act, act_q, a1, a2, b13, b2):
+    """(name, fn) in dense_moe's order, on dense_moe's arguments; each fn's eager output feeds the next."""
+    routed = routed.T[..., None]
 
-    def requant(y, routed):
+    def requant(y):
         if act_q is None:
             return y
         rows = y[routed.expand_as(y)].view(-1, y.shape[-1])
         yq = torch.zeros_like(y)
-        yq[routed.expand_as(y)] = fake_quantize(rows, act_q, p.a2_scale).flatten()
+        yq[routed.expand_as(y)] = fake_quantize(rows, act_q, a2).flatten()
         return yq
 
     return [
-        ("quantize input", lambda x: fake_quantize(x, act_q, p.a1_scale)),
+        ("quantize input", lambda v: fake_quantize(v, act_q, a1)),
         ("gemm1 + bias", lambda a: torch.einsum("th,enh->etn", a, w13) + b13[:, None, :]),
         ("activation", lambda h: act_mod.apply(h, act)),
-        ("re-quantize", lambda y: requant(y, routed)),
+        ("re-quantize", requant),
         ("gemm2 + bias", lambda y: torch.einsum("eti,ehi->eth", y, w2) + b2[:, None, :]),
-        ("weighted sum", lambda o: (o * dense.T[..., None]).sum(0)),
+        ("weighted sum", lambda o: (o * dense_w.T[..., None]).sum(0)),
     ]
 
 
@@ -84,32 +87,22 @@ def run(argv=None):
     b = registry.load_all()["torch_compile"]
     for path in paths:
         p = build(load_case(path), DEV)
-        w13, w2 = b.prepare(p)
-        ids = p.topk_ids.long()
-        local = p.expert_map.long()[ids] if p.expert_map is not None else ids
-        tw = torch.ones_like(p.topk_weights.float()) if p.apply_router_weight_on_input else p.topk_weights.float()
-        slot = torch.where(local >= 0, local, p.experts)
-        dense = torch.zeros(p.tokens, p.experts + 1, device=DEV).scatter_add_(1, slot, tw)[:, :p.experts]
-        routed = torch.zeros(p.tokens, p.experts + 1, dtype=torch.bool, device=DEV).scatter_(1, slot, True)
-        routed = routed[:, :p.experts].T[..., None]
+        args = _inputs(b, p)
         print(f"== {path.rsplit('/', 1)[-1]}", flush=True)
-        v = scaled_input(p).float()
-        if p.fmt.act is not None and p.a1_scale is None:  # a dynamic quantizer: its scales, then its codes
-            x = scaled_input(p).float()
-            (se, ce), (sc, cc) = _scales_codes(x, p.fmt.act), torch.compile(_scales_codes, dynamic=True)(x, p.fmt.act)
+        x, act_q, a1 = args[0], args[6], args[7]
+        if act_q is not None and a1 is None:  # a dynamic quantizer: its scales, then its codes
+            (se, ce), (sc, cc) = _scales_codes(x, act_q), torch.compile(_scales_codes, dynamic=True)(x, act_q)
             print(_diff("  its scales", sc, se), flush=True)
             print(_diff("  its codes", cc, ce), flush=True)
-        for name, fn in _stages(p, w13, w2, routed, dense):
+        v = x
+        for name, fn in _stages(*args):
             e = fn(v)
             c = torch.compile(fn, dynamic=True)(v)
             print(_diff(name, c, e), flush=True)
             v = e
-        whole = tc._compiled(scaled_input(p).float(), w13, w2, dense.contiguous(), routed[..., 0].T.contiguous(),
-                             p.activation, p.fmt.act, p.a1_scale, p.a2_scale,
-                             *_biases(p, w13))
+        whole = tc._compiled(*args)
         print(_diff("whole, compiled", whole, v), flush=True)
         yield whole, v
-
 
 if __name__ == "__main__":
     main()
