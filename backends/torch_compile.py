@@ -14,10 +14,11 @@ from moecheck.backends.base import Backend, Capability, Limitation
 from moecheck.backends.dispatch import scaled_input
 from moecheck.backends.problem import MoEProblem
 from moecheck.reference import activations as act_mod
-from moecheck.reference.errmodel.table import FAST_ACT_FN
+from moecheck.reference.errmodel.table import FAST_ACT_FN, scale_by_reciprocal
 from moecheck.reference.formats import FORMATS
 from moecheck.reference.qtensor import QTensor
 from moecheck.reference.quantize import fake_quantize
+from moecheck.reference.spec import ScaleRule
 
 
 def dense_moe(x, w13, w2, dense_w, routed, act_spec, act_q, a1, a2, b13, b2):
@@ -85,6 +86,10 @@ class TorchCompile(Backend):
         return out
 
 
+# formats whose activation scales the kernel computes from an amax (power-of-two scales need no division)
+_AMAX_DYNAMIC = {n for n, f in FORMATS.items() if f.act is not None and not f.act.static
+                 and f.act.rule not in (ScaleRule.MX, ScaleRule.UE8M0)}
+
 BACKENDS = [
     TorchCompile(
         name="torch_compile",
@@ -95,7 +100,8 @@ BACKENDS = [
             bias=True, weights_on_input=True, out_buffer=True, max_tokens=1024, max_experts=64,
             limitations=(Limitation("dense masked formulation: E x T work, sized for tests, not serving"),
                          Limitation("GPU only here: Inductor's CPU C++ compile per shape is too slow for CPU CI")),
-            deterministic=True, numerics=(FAST_ACT_FN,),  # Inductor fuses the activation with its own exp/sigmoid
+            # Inductor fuses the activation with its own exp/sigmoid, and divides by a constant as a reciprocal multiply
+            deterministic=True, numerics=(FAST_ACT_FN, *scale_by_reciprocal(_AMAX_DYNAMIC)),
             verified=("H100 sm_90, torch 2.11 (2026-11-23): bf16, fp8_block, fp8_block_ue8m0 pass; "
                       "fp8_token_channel failed matches_reference/padded_equals_unpadded, untriaged",
                       "H200 sm_90, torch 2.11 (2026-12-03): 27 formats, 20 examples, 187 results before a 140 s cut; "

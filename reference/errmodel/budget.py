@@ -31,6 +31,7 @@ class ErrorBudget:
     # the RMS and bias verdicts (compare.py): each may fail a correct kernel with at most this probability
     false_alarm: float = 1e-7  # ~1e5 comparisons a night: one false alarm in 100 nights, were the model tight
     acc_biased: bool = False  # the accumulator truncates (FP8 WGMMA before promotion): its error has a sign
+    scale_biased: bool = False  # computed scales may sit an ulp off in one direction: their code flips lean one way
 
     def merge(self, other: "ErrorBudget") -> "ErrorBudget":
         """Element-wise max: the tolerance-table merge rule (a looser entry never tightens)."""

@@ -109,3 +109,29 @@ def test_held_scale_probe_reproduces_the_quantizer(fmt_name):
     assert torch.equal(held, q.dequantize())
     v = propagate.requant_var(x, torch.zeros_like(x), fmt.act, p.get("a1_scale"), budget_for(fmt_name), 1.0)
     assert not bool(v.any())
+
+
+def test_scales_that_lean_one_way_leave_the_bias_unjudged_and_nothing_else():
+    """A record declaring scale_by_reciprocal (torch_compile, for its amax-scaled formats): the bias verdict is
+    reported, not judged, for those formats only; max and rms still fail a kernel."""
+    import dataclasses
+
+    import torch
+    from moecheck.backends import registry
+    from moecheck.reference.errmodel.compare import compare
+    from moecheck.reference.errmodel.table import budget_for, scale_by_reciprocal
+
+    ref = torch.linspace(1.0, 2.0, 4096)
+    bound = torch.full_like(ref, 4e-3)
+    ev = (bound.double() / 4) ** 2  # rms allows a quarter of the bound
+    leaning = ref - 0.2 * bound  # every element a fifth of its bound toward zero: a bias, within max and rms
+    plain, declared = budget_for("fp8_token_channel"), budget_for("fp8_token_channel", scale_by_reciprocal({"fp8_token_channel"}))
+    assert compare(leaning, ref, bound, ev, plain).failed == ("bias",)
+    c = compare(leaning, ref, bound, ev, declared)
+    assert c.passed and c.bias_bound is None and c.bias < 0
+    assert not compare(ref - 2 * bound, ref, bound, ev, declared).passed
+    assert budget_for("int4_w_g32", scale_by_reciprocal({"fp8_token_channel"})) == budget_for("int4_w_g32")
+    tc = registry.load_all()["torch_compile"].capability
+    judged = {f for f in tc.formats if not tc.budget(f).scale_biased}
+    assert {"int4_w_g32", "bf16", "mxfp8", "fp8_tensor_static"} <= judged and "fp8_token_channel" not in judged
+    assert dataclasses.replace(plain, scale_biased=True).merge(plain).scale_biased
