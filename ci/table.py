@@ -74,6 +74,41 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# the closing table's columns: the numerics properties by name, every edge:* and pinned:* item in one column
+_SHORT = {"matches_reference": "match", "padded_equals_unpadded": "padded", "permutation_equivariant": "perm",
+          "deterministic": "det", "batch_invariant": "batch", "output_contract": "out", "kernel_ran": "ran"}
+_MARK = {"passed": "P", "failed": "F", "crashed": "C", "error": "E", "refused": "R", "skipped": "-"}
+
+
+def _column(prop: str) -> str:
+    return prop.split(":", 1)[0] if ":" in prop else _SHORT.get(prop, prop)
+
+
+def by_property(rows: list[dict]) -> str:
+    """backend x format rows, one column per property: P20 (passed, 20 examples run), F3 (failed at the third),
+    C/E/R/- (crashed, error, refused, skipped), . (not in the run); the edge and pinned columns count passed of run, each
+    item that did not pass named after the row."""
+    cols = sorted({_column(r["property"]) for r in rows if r["property"] != "-"},
+                  key=lambda c: (c in ("edge", "pinned"), list(_SHORT.values()).index(c) if c in _SHORT.values() else 99, c))
+    grid: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["property"] != "-":
+            grid[(r["backend"], r["format"])][_column(r["property"])].append(r)
+    out = [("backend", "format", *cols, "not passed")]
+    for key in sorted(grid):
+        cells, misses = [], []
+        for c in cols:
+            got = grid[key].get(c, [])
+            if c in ("edge", "pinned"):
+                ran = [r for r in got if r["outcome"] != "skipped"]
+                cells.append(f"{sum(r['outcome'] == 'passed' for r in ran)}/{len(ran)}" if got else ".")
+            else:
+                cells.append("".join(f"{_MARK.get(r['outcome'], '?')}{r.get('examples_run') or ''}" for r in got) or ".")
+            misses += [f"{r['outcome'].upper()} {r['property']}" for r in got if r["outcome"] in (*BAD, "refused")]
+        out.append((*key, *cells, ", ".join(misses)))
+    return "\n".join(align(out))
+
+
 def _worst(rows: list[dict]) -> str:
     """The worst max and RMS normalized errors and the largest bias over a backend x format's tests."""
     def stat(key, fn):

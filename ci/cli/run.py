@@ -155,6 +155,8 @@ def _report(args) -> int:
     meta_path = report / "run.json"
     meta = _meta(meta_path) or {"wall_s": _span(rows), "interrupted": True, "signal": "no run.json: still running or killed"}
     _print(rows, report, meta)
+    if args.by_property:
+        print("\n" + table.by_property(rows))
     return 1 if any(r["outcome"] in table.BAD for r in rows) else 0
 
 
@@ -202,4 +204,6 @@ def register(sub) -> None:
     p.set_defaults(fn=_run)
     p = sub.add_parser("report", help="print the backend x format table of a (possibly interrupted) run")
     p.add_argument("dir", nargs="?", default="moecheck-report/latest", help="report folder (default: the latest run's)")
+    p.add_argument("--by-property", action="store_true",
+                   help="also a backend x format x property grid (examples run per property, edges and pinned counted)")
     p.set_defaults(fn=_report)

@@ -31,3 +31,14 @@ def test_findings_give_message_repro_and_case_file():
     assert "FAILED a_backend_with_a_rather_long_name mxfp4_mxfp8_rceil matches_reference: MAX" in text
     assert "CRASHED b bf16 pinned:x: Fatal Python error: Segmentation fault" in text
     assert text.count("reproduce: moecheck repro") == 2 and "case file: cases/x.json" in text
+
+
+def test_by_property_grid_gives_examples_per_property_and_names_what_did_not_pass():
+    rows = [*ROWS, {"backend": "b", "format": "bf16", "property": "edge:one_token", "outcome": "passed"},
+            {"backend": "b", "format": "bf16", "property": "matches_reference", "outcome": "passed", "examples_run": 20}]
+    lines = table.by_property(rows).splitlines()
+    head = lines[0].split()
+    assert head[:4] == ["backend", "format", "match", "ran"] and head[-4:-2] == ["edge", "pinned"]
+    a, b = lines[1].split(), lines[2].split()
+    assert a[2:6] == ["F", ".", "0/1", "."] and "REFUSED edge:empty_batch" in lines[1]  # refused: run, not passed
+    assert b[2] == "P20" and b[3] == "P" and b[4] == "1/1" and b[5] == "0/1" and "CRASHED pinned:x" in lines[2]
