@@ -181,7 +181,7 @@ EOF
       {
         for d in one torch compile whole triton recheck wna16 modular cutlass marlin ogs lora routers; do
           [ -f "$W/$d/results.jsonl" ] || continue
-          echo "== $d"; timeout 60 $MC report "$W/$d" 2>&1 | cut -c1-400
+          echo "== $d"; timeout 60 $MC report "$W/$d" --by-property 2>&1 | cut -c1-400
         done
         [ -f "$W/power.txt" ] && { echo "== power (cuda)"; cat "$W/power.txt"; }
         [ -f "$W/stages-gen1.txt" ] && { echo "== stages (cuda, cases built on the host)"; grep " ex/s" "$W/stages-gen1.txt" | cut -c1-220; }
