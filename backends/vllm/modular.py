@@ -17,6 +17,7 @@ the harness's poison pattern, so the output-contract property sees any unwritten
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -138,6 +139,8 @@ class VllmModularOcpMx(VllmBackend):
     def prepare(self, p: MoEProblem) -> _Prepared:
         require(p.fmt.name == "mxfp4_bf16", f"{self.name}: only mxfp4_bf16 is mapped, got {p.fmt.name}")
         require(p.lora is None and p.w13_bias is None, f"{self.name}: no LoRA / bias mapping")
+        # amd-quark's default dq_mxfp4 is a HIP kernel; on CUDA only its Triton one runs (read at quark's import)
+        os.environ.setdefault("QUARK_MXFP4_IMPL", "triton")
         cfg = vmod(CONFIG)
         qc = cfg.mxfp4_w4a16_moe_quant_config(w1_scale=p.w13.scales, w2_scale=p.w2.scales)
         experts = vmod(OCP_MX_EXPERTS).OCP_MXQuantizationEmulationTritonExperts(moe_config(p), qc)
