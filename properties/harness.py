@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import linecache
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,23 @@ TRACE_LINES = 3  # lines of an exception's message kept in results
 
 
 def first_lines(exc: BaseException, n: int = TRACE_LINES) -> str:
-    text = " | ".join(line.strip() for line in str(exc).strip().splitlines()[:n] if line.strip())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """The message's first n lines and, if longer, its last n (Triton's compile errors end with the failing
+    assert, after a code excerpt); a bare exception (`assert x` without text) names the line that raised."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = " | ".join(lines if len(lines) <= 2 * n else [*lines[:n], "...", *lines[-n:]])
+    return f"{type(exc).__name__}: {text or raised_at(exc)}".rstrip(": ")
+
+
+def raised_at(exc: BaseException) -> str:
+    """'at FILE:LINE: source' of the innermost frame of exc's traceback, or '' without one."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    path, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
+    short = path.split("site-packages/")[-1] if "site-packages/" in path else "/".join(path.split("/")[-3:])
+    return f"at {short}:{line}: {linecache.getline(path, line).strip()}"
 
 
 class BackendRaised(Exception):
