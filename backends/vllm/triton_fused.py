@@ -76,6 +76,26 @@ LIM_ROUTER_ON_INPUT = Limitation(
 LIM_WNA16_SCALES = Limitation(
     "group scales are handed over in the activation dtype (MoeWNA16Method's params_dtype; the CUDA path "
     "requires it): moecheck's fp32 scales are rounded there, charged as weight_rel in reference/errmodel/table.py")
+# the CUDA moe_wna16_gemm (csrc/moe/moe_wna16.cu, read 2026-12-03): (q - z) * s and the products in half2
+# arithmetic (__hmul2 / __hfma2 in the activation dtype, chains of 16/bit = 4 fmas per lane, then fp32 across a
+# K block), and each K block's sum rounded to the activation dtype and atomicAdd-ed into the zeroed output
+# (gridDim.z = K / BLOCK_SIZE_K, BLOCK_SIZE_K >= 128 in get_moe_wna16_block_config)
+WNA16_CUDA = Loosening(
+    ErrorBudget(weight_rel=3 * 2.0**-8, acc_unit=2.0**-12),
+    "the CUDA moe_wna16_gemm (4-bit, group 32/64/128, tokens*k/E <= 6: should_moe_wna16_use_cuda) forms each "
+    "weight times its input in bf16/fp16 fmas: per product the scale multiply plus a chain of 4 fma roundings "
+    "(on average 2.5 of u^2/3 with random signs) beside WNA16_SCALES' two: 5.5 u^2/3 <= weight_rel^2/3 with "
+    "weight_rel = 3u (u = 2^-8, bf16's). Its K-block sums are added in the output dtype: s = K/BLOCK_SIZE_K "
+    "adds of a running sum, about u^2 s/2 |out|^2 / 3, which acc_unit^2 K/3 covers for acc_unit = u / sqrt(2 * 128)",
+    formats="int4_*")
+LIM_WNA16_ATOMIC = Limitation(
+    "not deterministic: the CUDA moe_wna16_gemm atomicAdds its K blocks into the output (moe_wna16.cu; "
+    "fused_moe.py:1709 zeroes intermediate_cache3 for it): H200 2026-12-03, 4335 and 16564 elements differed "
+    "over 3 reruns (int4_w_g32, int4_zp_w_g64)")
+LIM_WNA16_G32 = Limitation(
+    "group 32 on the CUDA path can be refused: get_moe_wna16_block_config (fused_moe.py:1160-1172) doubles "
+    "BLOCK_SIZE_K up to 512 while moe_wna16.cu:317 takes BLOCK_SIZE_K / group_size in {1, 2, 4, 8} (a vLLM "
+    "0.24.0 bug; later vLLM clamps block_size_k to 8 * group_size): open finding, docs/findings/h200-2026-12-03")
 # what ran where: docs/findings/h200-2026-12-02/README.md
 H200_0212 = ("H200 sm_90, vLLM 0.24.0, torch 2.11 (2026-12-02): matches_reference, padded_equals_unpadded and "
              "kernel_ran pass with 20 drawn examples each; T=0 faults (open finding)",)
@@ -227,12 +247,12 @@ _DT = frozenset({torch.bfloat16, torch.float16})
 _ACTS = frozenset(VLLM_ACTIVATION)
 
 
-def _cap(formats, archs=None, bias=True, acts=_ACTS, limitations=(), expert_map=True, **kw) -> Capability:
+def _cap(formats, archs=None, bias=True, acts=_ACTS, limitations=(), expert_map=True, extra_numerics=(), **kw) -> Capability:
     return Capability(formats=frozenset(formats), dtypes=_DT, archs=archs, activations=acts, expert_map=expert_map,
                       bias=bias, rounding=TRITON_ROUNDING, requires=("vllm",),
                       # build_quant_config maps every PATHS format; routing_args passes any expert map
                       forwards=frozenset(PATHS) | {"weights_on_input", "expert_map"},
-                      numerics=(*VLLM_NUMERICS, WNA16_SCALES),
+                      numerics=(*VLLM_NUMERICS, WNA16_SCALES, *extra_numerics),
                       tiny_values=not any(f.startswith(("fp8", "int8_w8a8")) for f in formats),  # scale floors
                       limitations=(LIM_ROUTER_ON_INPUT, LIM_MOE_SUM, *limitations), **kw)
 
@@ -273,7 +293,8 @@ BACKENDS = [
     VllmTritonFused(name="vllm_triton_int4_w4a16",
                     description="fused_experts WNA16: INT4 group-quantized weights (uint4b8, or uint4 with zero points)",
                     capability=_cap({f"int4_w_g{g}" for g in _G} | {f"int4_zp_w_g{g}" for g in _G}, bias=False,
-                                    hidden_align=2, limitations=(LIM_WNA16_SCALES, Limitation(
+                                    hidden_align=2, deterministic=False, extra_numerics=(WNA16_CUDA,),
+                                    limitations=(LIM_WNA16_SCALES, LIM_WNA16_ATOMIC, LIM_WNA16_G32, Limitation(
                                         "4-bit with tokens*k/E <= 6 runs the CUDA moe_wna16_gemm instead of the "
                                         "Triton kernel (should_moe_wna16_use_cuda); both read the same layout"))),
                     spies=SPIES),
