@@ -33,7 +33,8 @@
 #   pack     results.tgz + summary.txt into $OUT (the device returns at most 8 files, 2 folders down)
 # EX: drawn examples per test (MOECHECK_MAX_EXAMPLES); PROPS / FORMATS: comma lists of properties / formats
 # (names or fnmatch patterns; default all);
-# MOECHECK_NO_SHRINK=1 reports failing examples unshrunk (shrinking costs GPU minutes); WORKERS: xdist workers (default 4); each suite
+# MOECHECK_NO_SHRINK=1 reports failing examples unshrunk (shrinking costs GPU minutes); WORKERS: xdist workers (default 4;
+# ${PHASE}_W for one suite, e.g. MARLIN_W=2: in a+b each suite's memory share follows its workers); each suite
 # phase's timeout is ${PHASE}_S (default 500 s).
 set -uo pipefail
 OUT=${OUT:-moecheck-report/gpu-session}; mkdir -p "$OUT"
@@ -59,7 +60,8 @@ suite() {  # suite NAME [moecheck run selection args...]
   local sel=() v vs  # PROPS=a,b / FORMATS=x,y narrow the selection; read, not a loop over $X: patterns are not globbed
   IFS=, read -ra vs <<< "${PROPS:-}"; for v in "${vs[@]}"; do [ -n "$v" ] && sel+=(--property "$v"); done
   IFS=, read -ra vs <<< "${FORMATS:-}"; for v in "${vs[@]}"; do [ -n "$v" ] && sel+=(--format "$v"); done
-  MOECHECK_PROFILE=gpu MOECHECK_MAX_EXAMPLES=$EX timeout "$t" $MC run -n "$WORKERS" --timeout 240 \
+  local w_var="${name^^}_W"; local w=${!w_var:-$WORKERS}  # MARLIN_W=2: that suite's workers
+  MOECHECK_PROFILE=gpu MOECHECK_MAX_EXAMPLES=$EX timeout "$t" $MC run -n "$w" --timeout 240 \
     --report "$W/$name" "$@" "${sel[@]}" > "$W/$name.log" 2>&1
   echo "$name rc=$? ($(grep -c '"outcome"' "$W/$name/results.jsonl" 2>/dev/null || echo 0) results, $(date -u +%H:%M:%S))"
 }
@@ -203,9 +205,15 @@ EOF
 for phase in "$@"; do
   if [[ $phase == *+* ]]; then  # a+b+c: concurrent phases, their output after all end
     # each suite caps its workers at its slice of this session's GPU share, not at the whole GPU
+    # in proportion to its workers (${P}_W, else WORKERS), so every worker gets the same memory
     IFS=+ read -ra ps <<< "$phase"
-    share=$(awk -v s="${MOECHECK_GPU_SHARE:-0.95}" -v n=${#ps[@]} 'BEGIN { printf "%.4f", s / n }')
-    for p in "${ps[@]}"; do MOECHECK_GPU_SHARE=$share one_phase "$p" > "$W/phase-$p.out" 2>&1 & done; wait
+    tw=0; for p in "${ps[@]}"; do wv="${p^^}_W"; tw=$((tw + ${!wv:-$WORKERS})); done
+    for p in "${ps[@]}"; do
+      wv="${p^^}_W"
+      share=$(awk -v s="${MOECHECK_GPU_SHARE:-0.95}" -v w=${!wv:-$WORKERS} -v t=$tw 'BEGIN { printf "%.4f", s * w / t }')
+      echo "phase $p: GPU share $share" > "$W/phase-$p.out"
+      MOECHECK_GPU_SHARE=$share one_phase "$p" >> "$W/phase-$p.out" 2>&1 &
+    done; wait
     for p in ${phase//+/ }; do cat "$W/phase-$p.out"; done
   else
     one_phase "$phase"
