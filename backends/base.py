@@ -43,6 +43,8 @@ class Capability:
     out_buffer: bool = False  # run(..., out=) writes into a caller buffer
     hidden_align: int = 1
     inter_align: int = 1
+    min_hidden: int = 1  # smallest hidden size the library compiles/computes for (a tile constraint, not an alignment)
+    min_inter: int = 1  # likewise for the intermediate size
     max_tokens: int | None = None
     min_tokens: int = 0  # below this the library returns before any kernel launch: nothing a spy could see
     max_experts: int | None = None
@@ -101,6 +103,8 @@ class Capability:
             (self.weights_on_input or not p.apply_router_weight_on_input, "router weight on input not supported"),
             (p.hidden % self.hidden_align == 0, f"hidden {p.hidden} not a multiple of {self.hidden_align}"),
             (p.inter % self.inter_align == 0, f"intermediate {p.inter} not a multiple of {self.inter_align}"),
+            (p.hidden >= self.min_hidden, f"hidden {p.hidden} below {self.min_hidden}"),
+            (p.inter >= self.min_inter, f"intermediate {p.inter} below {self.min_inter}"),
             (self.max_tokens is None or p.tokens <= self.max_tokens, f"more than {self.max_tokens} tokens"),
             (p.tokens >= self.min_tokens, f"fewer than {self.min_tokens} tokens"),
             (self.max_experts is None or p.experts <= self.max_experts, f"more than {self.max_experts} experts"),

@@ -38,6 +38,11 @@ LIMITS = {"cpu": (96, 384, 256, 10), "cuda": (600, 2048, 1024, 64)}
 AWKWARD = (1, 3, 7, 15, 17, 31, 33, 100, 127, 129, 255, 257)
 
 
+def _up(n: int, align: int) -> int:
+    """n rounded up to a multiple of align."""
+    return -(-n // align) * align
+
+
 def _size(align: int, hi: int):
     """A multiple of `align` up to ~hi: small, large and (where align allows any size) awkward ones in
     equal shares. Block formats (align >= 64) take two or more blocks three times in four."""
@@ -151,8 +156,8 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         on_input = on_input and routing["router"] == "llama4"
     return Case(
         backend=backend.name, format=fmt_name, property=prop, tokens=tokens,
-        hidden=model.hidden if model else draw(_blocked_size(blk, h_align, h_max)),
-        inter=model.inter if model else draw(_blocked_size(blk, i_align, i_max)),
+        hidden=model.hidden if model else max(draw(_blocked_size(blk, h_align, h_max)), _up(cap.min_hidden, h_align)),
+        inter=model.inter if model else max(draw(_blocked_size(blk, i_align, i_max)), _up(cap.min_inter, i_align)),
         experts=experts, top_k=top_k,
         dtype=draw(st.sampled_from(sorted(str(d).replace("torch.", "") for d in cap.dtypes
                                           if str(d).replace("torch.", "") in ("bfloat16", "float16")))),
@@ -214,7 +219,8 @@ def fit(case: Case, backend: Backend) -> Case:
     dtype = case.dtype if any(str(d).endswith(case.dtype) for d in cap.dtypes) else str(sorted(cap.dtypes, key=str)[0]).replace("torch.", "")
     return case.with_(
         tokens=case.tokens if case.property == "edge_contract" else max(case.tokens, cap.min_tokens),
-        hidden=up(case.hidden, hal), inter=up(case.inter, ial), activation=act, dtype=dtype,
+        hidden=up(max(case.hidden, cap.min_hidden), hal), inter=up(max(case.inter, cap.min_inter), ial),
+        activation=act, dtype=dtype,
         ep_remote=case.ep_remote if cap.expert_map else 0, bias=case.bias and cap.bias,
         lora_adapters=case.lora_adapters if cap.lora else 0,
         weights_on_input=case.weights_on_input and cap.weights_on_input,
