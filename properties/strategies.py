@@ -38,7 +38,7 @@ LIMITS = {"cpu": (96, 384, 256, 10), "cuda": (600, 2048, 1024, 64)}
 AWKWARD = (1, 3, 7, 15, 17, 31, 33, 100, 127, 129, 255, 257)
 
 
-def _up(n: int, align: int) -> int:
+def up(n: int, align: int) -> int:
     """n rounded up to a multiple of align."""
     return -(-n // align) * align
 
@@ -156,8 +156,8 @@ def cases(draw, backend: Backend, fmt_name: str, prop: str, device_kind: str = "
         on_input = on_input and routing["router"] == "llama4"
     return Case(
         backend=backend.name, format=fmt_name, property=prop, tokens=tokens,
-        hidden=model.hidden if model else max(draw(_blocked_size(blk, h_align, h_max)), _up(cap.min_hidden, h_align)),
-        inter=model.inter if model else max(draw(_blocked_size(blk, i_align, i_max)), _up(cap.min_inter, i_align)),
+        hidden=model.hidden if model else max(draw(_blocked_size(blk, h_align, h_max)), up(cap.min_hidden, h_align)),
+        inter=model.inter if model else max(draw(_blocked_size(blk, i_align, i_max)), up(cap.min_inter, i_align)),
         experts=experts, top_k=top_k,
         dtype=draw(st.sampled_from(sorted(str(d).replace("torch.", "") for d in cap.dtypes
                                           if str(d).replace("torch.", "") in ("bfloat16", "float16")))),
@@ -212,7 +212,6 @@ def fit(case: Case, backend: Backend) -> Case:
     """Adjust a pinned case to a backend/format: sizes up to the alignments, unsupported features off."""
     cap = backend.capability
     fmt = get_format(case.format)
-    up = lambda n, a: -(-n // a) * a  # noqa: E731
     hal = math.lcm(fmt.k_multiple, 1 if case.property == "padded_equals_unpadded" else cap.hidden_align)
     ial = math.lcm(fmt.k_multiple, weight_block_rows(fmt) if case.property == "padded_equals_unpadded" else cap.inter_align)
     act = case.activation if case.activation in cap.activations else sorted(cap.activations)[0]
