@@ -43,7 +43,7 @@ class Rounding:
     pre_bias: torch.dtype | None = None  # GEMM result stored before an unfused bias add (both GEMMs)
     act_gate: torch.dtype | None = None  # gated activations: f(gate) stored before the multiply by up
     # GEMM2's epilogue multiplies by the router weight in fp32 before the gemm2_out store (vLLM Triton's
-    # MUL_ROUTED_WEIGHT, Marlin's mul_topk_weights): one rounding of o*w, not round(o)*w
+    # MUL_ROUTED_WEIGHT, matmul_ogs' gammas): one rounding of o*w, not round(o)*w (Marlin's is the latter)
     weighted_store: bool = False
     # the k for which topk_sum applies; other k accumulate in fp32 and round once (vLLM's moe_sum
     # loops in the activation dtype for k in {2, 3, 4} only, else at::sum_out). None: every k

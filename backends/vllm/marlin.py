@@ -39,6 +39,7 @@ from moecheck.backends.vllm.versions import VllmBackend, vmod
 from moecheck.reference.errmodel.budget import ErrorBudget
 from moecheck.reference.errmodel.table import Loosening
 from moecheck.reference.errors import require
+from moecheck.reference.moe import ACT
 
 MARLIN = "vllm.model_executor.layers.fused_moe.experts.marlin_moe"
 OPS = "vllm._custom_ops"
@@ -138,9 +139,14 @@ LIM_SHAPE = Limitation("Marlin tiles: K multiples of GPTQ_MARLIN_MIN_THREAD_K=12
                        "(marlin_utils.verify_marlin_supports_shape); hidden and intermediate both aligned to 128")
 
 
-# the Marlin GEMM2 multiplies by the router weight before its bf16 store (mul_topk_weights), and the k
-# slots are summed by torch.sum(..., dim=1) (experts/marlin_moe.py): fp32 accumulator for every k
-MARLIN_ROUNDING = replace(TRITON_ROUNDING, topk_sum=torch.float32, topk_sum_k=None)
+# Marlin's GEMM2 epilogue (mul_topk_weights; vLLM's marlin_moe_wna16 kernel template, read 2026-12-03) takes
+# the router weight as Dtype::float2num(topk_weights[row]) (rounded to the activation dtype) and multiplies
+# the already stored half2 results by it with __hmul2: round(round(o) * round(w)), not the fp32 o * w of
+# vLLM's Triton kernel (weighted_store). The k slots are summed by torch.sum(..., dim=1) (experts/marlin_moe.py):
+# fp32 accumulator for every k. H200 2026-12-03 with weighted_store: vllm_marlin_mxfp4 failed RMS at 1.1-1.3x
+# in 11 of 17 tests (the int4 records' larger weight_rel hid it)
+MARLIN_ROUNDING = replace(TRITON_ROUNDING, topk_sum=torch.float32, topk_sum_k=None, weighted_store=False,
+                          topk_weights=ACT)
 
 MARLIN_SCALES = (
     Loosening(ErrorBudget(weight_rel=2.0**-7),
