@@ -20,7 +20,7 @@ declares the kernel's per-tensor activation quantization (act_quant), so a wrong
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from moecheck.backends.base import Capability, Limitation
@@ -111,9 +111,16 @@ BLOCK_TO_TENSOR = Loosening(
     formats="fp8_block")
 
 
+# run_cutlass_moe_fp8 stores GEMM2 in the output dtype (mm2_out), then moe_unpermute multiplies each slot by its
+# fp32 router weight and sums the k slots ("topk weights and reduction are fused in moe_unpermute",
+# experts/cutlass_moe.py:260, :423; its kernel accumulates in float): round(o) * w summed in fp32, not the
+# Triton kernel's weighted store. H200 2026-12-03: fp16 slots above 65504 before their weight (103da3)
+CUTLASS_ROUNDING = replace(TRITON_ROUNDING, weighted_store=False, topk_sum=torch.float32, topk_sum_k=None)
+
+
 def _cap(formats, archs, numerics=VLLM_NUMERICS, **kw) -> Capability:
     return Capability(formats=frozenset(formats), dtypes=_DT, archs=archs, activations=GATED, hidden_align=16,
-                      inter_align=16, min_tokens=M.MIN_TOKENS, rounding=TRITON_ROUNDING, requires=("vllm",),
+                      inter_align=16, min_tokens=M.MIN_TOKENS, rounding=CUTLASS_ROUNDING, requires=("vllm",),
                       numerics=numerics, tiny_values=False, forwards=M.APPLY_FORWARDS, **kw)
 
 
