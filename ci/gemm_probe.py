@@ -16,6 +16,9 @@ import argparse
 import torch
 from moecheck.ci.bench import _time
 from moecheck.reference import grouped
+from moecheck.reference.errmodel import nonneg
+from moecheck.reference.errmodel.chains import gemm_spread
+from moecheck.reference.errmodel.table import budget_for
 from moecheck.reference.moe import _ieee_fp32
 
 
@@ -89,11 +92,13 @@ def _split_k(a16, w, gr, ieee) -> list[tuple[str, float]]:
 
 def _variance_gemms(a32, w, gr) -> list[tuple[str, float]]:
     """The error model's variance GEMM (squares of inputs times squares of weights, all addends >= 0) in
-    float64 as it runs, and in TF32 and IEEE fp32 with the relative difference from float64."""
+    float64 (what it ran before errmodel/nonneg.py, and still runs on CPU), in TF32 and IEEE fp32 with the
+    relative difference from float64, and as the reference runs it on CUDA now: power-of-two-scaled TF32
+    (nonneg.scaled_mm), whose ratio to float64 must be >= 1; then gemm_spread with input chains, whole."""
     sq = lambda t: t * t
     f64 = lambda: grouped.grouped_apply(lambda x, we: sq(x.double()) @ sq(we.double()).transpose(-1, -2), gr, w, a32)
     ref = f64()
-    out = [("variance GEMM float64 (errmodel now)", _time(f64))]
+    out = [("variance GEMM float64 (errmodel before nonneg.py; CPU)", _time(f64))]
     for name, tf32 in (("IEEE fp32", False), ("TF32", True)):
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -105,6 +110,20 @@ def _variance_gemms(a32, w, gr) -> list[tuple[str, float]]:
             out.append((f"variance GEMM {name}", _time(fn)))
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
+    # what the reference runs now (errmodel/nonneg.py): rows and columns scaled by powers of two, TF32, x (1 + 2^-8)(1 + K 2^-22)
+    fn = lambda: grouped.grouped_apply(lambda x, we: nonneg.scaled_mm(x, sq(we.float()).transpose(-1, -2), square_a=True),
+                                       gr, w, a32)
+    got, pos = fn(), ref > 0
+    ratio = got[pos] / ref[pos]
+    print(f"variance GEMM scaled TF32 (errmodel/nonneg.py) vs float64: max rel diff {(ratio - 1).abs().max().item():.3e}, "
+          f"min ratio {ratio.min().item():.6f} (must be >= 1), max ratio {ratio.max().item():.6f}, "
+          f"zeros where float64 > 0: {int((got[pos] == 0).sum())}", flush=True)
+    out.append(("variance GEMM scaled TF32 (errmodel/nonneg.py, what it runs)", _time(fn)))
+    env = sq(a32.double()) * 1e-6  # gemm_spread with input chains (GEMM 2's case): 3 variance GEMMs and the m1 one
+    budget = budget_for("bf16")
+    w_sq = sq(w.float())
+    out.append(("gemm_spread with chains (scaled TF32: a^2, env|exp, m1)", _time(lambda: grouped.grouped_apply(
+        lambda x, ve, vx, vm, we: gemm_spread(x, ve, vx, vm, we, w.shape[2], budget), gr, w_sq, a32, env, env, env.sqrt()))))
     return out
 
 

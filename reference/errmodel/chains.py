@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from moecheck.reference.errmodel.budget import ErrorBudget
+from moecheck.reference.errmodel.nonneg import nonneg_mm
 from moecheck.reference.errmodel.propagate import round_var
 
 
@@ -52,15 +53,15 @@ class Spread:
 def gemm_spread(a, env, exp, m1, w_sq: torch.Tensor, k: int, budget: ErrorBudget) -> torch.Tensor:
     """[.., R, 3N] = env | exp | m1 of (a @ w.T), given the input's chains (None: an exact input).
     grouped_apply's fn: broadcasts over a leading expert dim."""
-    a64, w_t = a.double(), w_sq.double().transpose(-1, -2)
+    w_t = w_sq.transpose(-1, -2)  # the variance GEMMs: nonneg_mm (float64 on CPU, scaled TF32 on CUDA)
     unit = budget.acc_unit**2 * k / 3.0 + budget.weight_rel**2 / 3.0
-    base = (a64 * a64) @ w_t * unit
+    base = nonneg_mm(a, w_t, square_a=True) * unit
     if env is None:
         return torch.cat([base, base, base.sqrt()], dim=-1)
     r = env.shape[-2]
-    both = torch.cat([env.double(), exp.double()], dim=-2) @ w_t  # one GEMM for both variance chains
+    both = nonneg_mm([env, exp], w_t)  # one GEMM for both variance chains
     e_out, x_out = base + both[..., :r, :], base + both[..., r:, :]
-    spread = (m1.float() @ w_sq.float().sqrt().transpose(-1, -2)).double()
+    spread = nonneg_mm(m1, w_sq.float().sqrt().transpose(-1, -2), exact=torch.float32)  # CPU: in fp32, as before
     return torch.cat([e_out, x_out, torch.minimum(x_out.sqrt(), base.sqrt() + spread)], dim=-1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from moecheck.reference.codecs import E4M3
 from moecheck.reference.errmodel.budget import ErrorBudget, unit_roundoff
+from moecheck.reference.errmodel.nonneg import nonneg_mm
 from moecheck.reference.qtensor import expand_blocks
 from moecheck.reference.quantize import _blocked, quantize
 from moecheck.reference.spec import QuantSpec, ScaleRule
@@ -18,11 +19,11 @@ def gemm_var(a: torch.Tensor, var_a: torch.Tensor | None, w_sq: torch.Tensor, k:
     is about u*|partial|; summed in quadrature over k steps this is u^2 * k/3 * sum(a^2 w^2).
     A weight off by up to weight_rel relative (uniform) adds weight_rel^2/3 * sum(a^2 w^2).
     """
-    a, w_t = a.double(), w_sq.double().transpose(-1, -2)  # float64: fp32 squares of tiny values underflow to 0
+    w_t = w_sq.transpose(-1, -2)  # nonneg_mm: float64 on CPU (fp32 squares of tiny values underflow), scaled TF32 on CUDA
     unit = budget.acc_unit**2 * k / 3.0 + budget.weight_rel**2 / 3.0
-    v = (a * a) @ w_t * unit  # [.., R, K] @ [.., K, N]: one expert or a batch of them
+    v = nonneg_mm(a, w_t, square_a=True) * unit  # [.., R, K] @ [.., K, N]: one expert or a batch of them
     if var_a is not None:
-        v = v + var_a.double() @ w_t
+        v = v + nonneg_mm(var_a, w_t)
     return v
 
 
